@@ -1,0 +1,188 @@
+//! The request layer: ids and span in, error rendering, security headers, metrics and
+//! the access line out. One place reads top to bottom for every request.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use super::error::{ApiError, PendingError};
+use super::state::AppState;
+use crate::obs::context::RequestContext;
+use crate::obs::metrics::{HttpLabels, RouteLabels};
+
+/// Filled by the route layer once routing has matched, read by the outer layer.
+#[derive(Clone, Default)]
+pub struct RouteSlot(Arc<OnceLock<String>>);
+
+pub async fn record_route(mut req: Request, next: Next) -> Response {
+    if let (Some(slot), Some(path)) = (
+        req.extensions().get::<RouteSlot>(),
+        req.extensions().get::<MatchedPath>(),
+    ) {
+        let _ = slot.0.set(path.as_str().to_string());
+    }
+    let _ = &mut req;
+    next.run(req).await
+}
+
+fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn request_layer(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let ctx = RequestContext::from_headers(
+        header_str(&req, "x-request-id"),
+        header_str(&req, "traceparent"),
+    );
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let slot = RouteSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    req.extensions_mut().insert(ctx.clone());
+
+    let span = tracing::info_span!(
+        "request",
+        request_id = %ctx.request_id,
+        trace_id = %ctx.trace_id,
+        span_id = %ctx.span_id,
+        user_id = tracing::field::Empty,
+        workspace_id = tracing::field::Empty,
+        organization_id = tracing::field::Empty,
+    );
+
+    let mut resp = match state.inflight.try_acquire() {
+        Ok(_permit) => next.run(req).instrument(span.clone()).await,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many concurrent requests; retry shortly",
+        )
+        .with("retry_after_seconds", 1)
+        .into_response(),
+    };
+
+    // Render errors in the one shape, with this request's id.
+    let pending = resp.extensions_mut().remove::<PendingError>().map(|p| p.0);
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let error = match pending {
+        Some(e) => Some(e),
+        None if resp.status().as_u16() >= 400 && !is_json => {
+            Some(ApiError::from_status(resp.status()))
+        }
+        None => None,
+    };
+    if let Some(err) = error {
+        let status = err.status;
+        let mut headers = std::mem::take(resp.headers_mut());
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::CONTENT_TYPE);
+        resp = (status, axum::Json(err.body(&ctx.request_id))).into_response();
+        for (k, v) in headers.iter() {
+            resp.headers_mut().entry(k).or_insert(v.clone());
+        }
+    }
+
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    set_security_headers(headers, path.starts_with("/api/"));
+
+    let status = resp.status().as_u16();
+    let route = slot
+        .0
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status_code: status,
+        })
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+
+    let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    span.in_scope(|| {
+        if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            tracing::debug!(
+                event = "http.access",
+                method,
+                route,
+                path,
+                status_code = status,
+                duration_ms,
+                "request served"
+            );
+        } else if status >= 500 {
+            tracing::error!(
+                event = "http.access",
+                method,
+                route,
+                path,
+                status_code = status,
+                duration_ms,
+                "request failed"
+            );
+        } else {
+            tracing::info!(
+                event = "http.access",
+                method,
+                route,
+                path,
+                status_code = status,
+                duration_ms,
+                "request served"
+            );
+        }
+    });
+    resp
+}
+
+fn set_security_headers(h: &mut axum::http::HeaderMap, api: bool) {
+    let defaults: [(&str, &str); 5] = [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (
+            "permissions-policy",
+            "camera=(), microphone=(), geolocation=()",
+        ),
+    ];
+    for (k, v) in defaults {
+        h.entry(HeaderName::from_static(k))
+            .or_insert(HeaderValue::from_static(v));
+    }
+    if api {
+        h.entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
+}

@@ -1,0 +1,528 @@
+//! Service configuration: YAML file (strict keys) + environment overrides + CLI flags.
+//!
+//! Precedence, lowest first: built-in defaults, the YAML file, environment variables,
+//! command-line flags. Every knob is documented in `config/rag-core.yaml`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub logging: LoggingConfig,
+    pub limits: LimitsConfig,
+    pub ingest: IngestConfig,
+    pub retrieval: RetrievalConfig,
+    pub answer: AnswerConfig,
+    pub openai: OpenAiConfig,
+    pub tenancy: TenancyConfig,
+    pub store: StoreConfig,
+    /// Seconds to wait for in-flight requests after SIGTERM before exiting anyway.
+    pub shutdown_grace_seconds: u64,
+    /// On an empty store, `serve` creates a first organization and prints its admin key
+    /// to the terminal (never to the log file). Turn off where terminals are logged.
+    pub bootstrap_on_empty: bool,
+    /// Not read from YAML: secrets only come from the environment.
+    #[serde(skip)]
+    pub internal_token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("data"),
+            logging: LoggingConfig::default(),
+            limits: LimitsConfig::default(),
+            ingest: IngestConfig::default(),
+            retrieval: RetrievalConfig::default(),
+            answer: AnswerConfig::default(),
+            openai: OpenAiConfig::default(),
+            tenancy: TenancyConfig::default(),
+            store: StoreConfig::default(),
+            shutdown_grace_seconds: 25,
+            bootstrap_on_empty: true,
+            internal_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Directory of `rag.log`; relative paths are under `data_dir`. Default: `<data_dir>/logs`.
+    pub dir: Option<PathBuf>,
+    pub file_name: String,
+    pub stdout: bool,
+    pub level: LogLevel,
+    pub rotation_max_bytes: u64,
+    pub rotation_backups: u32,
+    pub retention_days: u32,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            file_name: "rag.log".into(),
+            stdout: true,
+            level: LogLevel::Info,
+            rotation_max_bytes: 10 * 1024 * 1024,
+            rotation_backups: 5,
+            retention_days: 14,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted on any route (bytes); larger → 413.
+    pub max_request_bytes: usize,
+    /// Largest single uploaded file or text document (bytes); larger → 413.
+    pub max_document_bytes: usize,
+    /// Most files in one multipart upload, or documents/URLs in one JSON request.
+    pub max_documents_per_request: usize,
+    /// Concurrent SQLite readers (the writer is always one connection).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 64 * 1024 * 1024,
+            max_document_bytes: 16 * 1024 * 1024,
+            max_documents_per_request: 500,
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub chunk_size: usize,
+    pub chunk_overlap: usize,
+    pub url: UrlIngestConfig,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 1200,
+            chunk_overlap: 150,
+            url: UrlIngestConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlIngestConfig {
+    pub timeout_seconds: u64,
+    pub max_bytes: usize,
+    pub max_redirects: usize,
+    /// Networks (CIDR) that may be fetched although private, loopback or link-local.
+    pub allow_private: Vec<String>,
+}
+
+impl Default for UrlIngestConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 15,
+            max_bytes: 10 * 1024 * 1024,
+            max_redirects: 5,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderKind {
+    Hashing,
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    pub embedder: EmbedderKind,
+    /// Dimensions of the feature-hashing embedder.
+    pub hashing_dimensions: usize,
+    /// Candidates taken from each retriever (BM25 and vectors) before fusion.
+    pub candidates: usize,
+    /// Reciprocal-rank-fusion constant.
+    pub rrf_k: f64,
+    /// Share of the question's content words a passage must contain to count as relevant.
+    pub min_term_coverage: f64,
+    /// Cosine similarity at which a passage counts as relevant without word overlap.
+    pub min_cosine: f32,
+    /// Upper bound on `k` in search/ask requests.
+    pub max_k: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            embedder: EmbedderKind::Hashing,
+            hashing_dimensions: 256,
+            candidates: 50,
+            rrf_k: 60.0,
+            min_term_coverage: 0.5,
+            min_cosine: 0.6,
+            max_k: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerMode {
+    Extractive,
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnswerConfig {
+    pub mode: AnswerMode,
+    /// Sentences quoted in an extractive answer.
+    pub max_sentences: usize,
+}
+
+impl Default for AnswerConfig {
+    fn default() -> Self {
+        Self {
+            mode: AnswerMode::Extractive,
+            max_sentences: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    /// OpenAI-compatible base URL (OpenAI, Ollama, vLLM, TEI); env `OPENAI_BASE_URL`.
+    pub base_url: String,
+    pub embedding_model: String,
+    pub chat_model: String,
+    pub timeout_seconds: u64,
+    /// Not read from YAML: env `OPENAI_API_KEY`.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            embedding_model: "text-embedding-3-small".into(),
+            chat_model: "gpt-4o-mini".into(),
+            timeout_seconds: 30,
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// Chunk limit given to new workspaces, by plan.
+    pub chunk_limit_free: i64,
+    pub chunk_limit_pro: i64,
+    pub chunk_limit_enterprise: i64,
+    /// Days of trial for organizations created through the API.
+    pub trial_days: i64,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            chunk_limit_free: 200_000,
+            chunk_limit_pro: 2_000_000,
+            chunk_limit_enterprise: 20_000_000,
+            trial_days: 14,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `full`: a 2xx ingest survives power loss; `normal`: survives process crashes only.
+    pub synchronous: SyncMode,
+    /// SQLite page cache per connection, KiB.
+    pub cache_kib: i64,
+    /// Read connections kept open (writes use one dedicated connection).
+    pub readers: usize,
+    /// Most chunk vectors held in memory for brute-force search, all workspaces together.
+    pub vector_cache_max_chunks: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: SyncMode::Full,
+            cache_kib: 16 * 1024,
+            readers: 4,
+            vector_cache_max_chunks: 2_000_000,
+        }
+    }
+}
+
+/// Values that ship in examples and must never be used as real secrets.
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "replace-me",
+    "replaceme",
+    "your-api-key",
+    "sk-...",
+    "xxx",
+    "todo",
+    "placeholder",
+];
+
+fn is_placeholder(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase();
+    v.is_empty()
+        || PLACEHOLDERS.contains(&v.as_str())
+        || v.starts_with("<")
+        || v.contains("changeme")
+}
+
+impl Config {
+    /// Loads the file (if any) then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses YAML; the error names line, column and the offending key.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str::<Config>(text).map_err(|e| match e.location() {
+            Some(loc) => format!("line {}, column {}: {}", loc.line(), loc.column(), e),
+            None => e.to_string(),
+        })
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                message: format!("{e} (value {v:?})"),
+            })
+        }
+        if let Some(v) = get("RAG_CORE_LISTEN") {
+            self.listen = parse("RAG_CORE_LISTEN", &v)?;
+        }
+        if let Some(v) = get("RAG_CORE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("LOG_ROTATION_MAX_BYTES") {
+            self.logging.rotation_max_bytes = parse("LOG_ROTATION_MAX_BYTES", &v)?;
+        }
+        if let Some(v) = get("LOG_ROTATION_BACKUPS") {
+            self.logging.rotation_backups = parse("LOG_ROTATION_BACKUPS", &v)?;
+        }
+        if let Some(v) = get("LOG_RETENTION_DAYS") {
+            self.logging.retention_days = parse("LOG_RETENTION_DAYS", &v)?;
+        }
+        if let Some(v) = get("OPENAI_BASE_URL") {
+            self.openai.base_url = v;
+        }
+        if let Some(v) = get("OPENAI_API_KEY") {
+            if is_placeholder(&v) {
+                return Err(ConfigError::Env {
+                    name: "OPENAI_API_KEY",
+                    message: "holds a placeholder value; set a real key or unset it".into(),
+                });
+            }
+            self.openai.api_key = Some(v);
+        }
+        let token = match (
+            get("MINIRAG_INTERNAL_TOKEN"),
+            get("MINIRAG_INTERNAL_TOKEN_FILE"),
+        ) {
+            (Some(v), _) => Some(("MINIRAG_INTERNAL_TOKEN", v)),
+            (None, Some(file)) => {
+                let v = std::fs::read_to_string(&file).map_err(|e| ConfigError::Env {
+                    name: "MINIRAG_INTERNAL_TOKEN_FILE",
+                    message: format!("cannot read {file}: {e}"),
+                })?;
+                Some(("MINIRAG_INTERNAL_TOKEN_FILE", v.trim().to_string()))
+            }
+            (None, None) => None,
+        };
+        if let Some((name, v)) = token {
+            if is_placeholder(&v) || v.len() < 16 {
+                return Err(ConfigError::Env {
+                    name,
+                    message: "must be a real secret of at least 16 characters".into(),
+                });
+            }
+            self.internal_token = Some(v);
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.ingest.chunk_size < 100 {
+            return bad("ingest.chunk_size must be at least 100 characters");
+        }
+        if self.ingest.chunk_overlap >= self.ingest.chunk_size / 2 {
+            return bad("ingest.chunk_overlap must be less than half of ingest.chunk_size");
+        }
+        if !(16..=4096).contains(&self.retrieval.hashing_dimensions) {
+            return bad("retrieval.hashing_dimensions must be within 16..=4096");
+        }
+        if self.retrieval.candidates == 0 || self.retrieval.max_k == 0 {
+            return bad("retrieval.candidates and retrieval.max_k must be positive");
+        }
+        if self.logging.rotation_max_bytes < 1024 {
+            return bad("logging.rotation_max_bytes must be at least 1024");
+        }
+        if self.store.readers == 0 {
+            return bad("store.readers must be at least 1");
+        }
+        if self.retrieval.embedder == EmbedderKind::Openai || self.answer.mode == AnswerMode::Openai
+        {
+            if self.openai.api_key.is_none() && self.openai.base_url.contains("api.openai.com") {
+                return bad(
+                    "OpenAI embedder or answers need OPENAI_API_KEY (or a local OPENAI_BASE_URL)",
+                );
+            }
+        }
+        for net in &self.ingest.url.allow_private {
+            parse_cidr(net).map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        match &self.logging.dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => self.data_dir.join(d),
+            None => self.data_dir.join("logs"),
+        }
+    }
+}
+
+/// Parses `10.0.0.0/8`, `127.0.0.1` (a single address) or `::1/128`.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("ingest.url.allow_private: {s:?} is not an address or CIDR"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("ingest.url.allow_private: bad prefix length in {s:?}"))?,
+        None => max,
+    };
+    Ok((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err =
+            Config::from_yaml("listen: 127.0.0.1:8000\ningest:\n  chunk_sise: 10\n").unwrap_err();
+        assert!(err.contains("chunk_sise"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_rejects_placeholders() {
+        let mut cfg = Config::from_yaml("logging:\n  rotation_backups: 2\n").unwrap();
+        cfg.apply_env(|k| (k == "LOG_ROTATION_BACKUPS").then(|| "7".to_string()))
+            .unwrap();
+        assert_eq!(cfg.logging.rotation_backups, 7);
+        let err = cfg
+            .apply_env(|k| (k == "OPENAI_API_KEY").then(|| "changeme".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("placeholder"));
+        let err = cfg
+            .apply_env(|k| (k == "LOG_ROTATION_MAX_BYTES").then(|| "ten".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("LOG_ROTATION_MAX_BYTES"));
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(parse_cidr("127.0.0.0/8").unwrap().1, 8);
+        assert_eq!(parse_cidr("::1").unwrap().1, 128);
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Observability: JSON logs in the shared schema, Prometheus metrics, request context.
+
+pub mod context;
+pub mod log;
+pub mod metrics;
+pub mod rotate;
