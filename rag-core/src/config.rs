@@ -444,13 +444,15 @@ impl Config {
         if self.store.readers == 0 {
             return bad("store.readers must be at least 1");
         }
-        if self.retrieval.embedder == EmbedderKind::Openai || self.answer.mode == AnswerMode::Openai
+        let needs_openai = self.retrieval.embedder == EmbedderKind::Openai
+            || self.answer.mode == AnswerMode::Openai;
+        if needs_openai
+            && self.openai.api_key.is_none()
+            && self.openai.base_url.contains("api.openai.com")
         {
-            if self.openai.api_key.is_none() && self.openai.base_url.contains("api.openai.com") {
-                return bad(
-                    "OpenAI embedder or answers need OPENAI_API_KEY (or a local OPENAI_BASE_URL)",
-                );
-            }
+            return bad(
+                "OpenAI embedder or answers need OPENAI_API_KEY (or a local OPENAI_BASE_URL)",
+            );
         }
         for net in &self.ingest.url.allow_private {
             parse_cidr(net).map_err(ConfigError::Invalid)?;

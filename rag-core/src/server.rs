@@ -90,9 +90,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
 
     let metrics = Arc::new(Metrics::new());
-    let total = store
-        .read(|c| crate::store::documents::total_chunks(c))
-        .await?;
+    let total = store.read(crate::store::documents::total_chunks).await?;
     metrics.chunk_records.set(total);
 
     let embedder = Arc::new(

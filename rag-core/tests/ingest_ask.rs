@@ -316,7 +316,8 @@ async fn bad_input_is_rejected_with_json_errors_and_leaves_the_store_unchanged()
     assert_eq!(st, 200);
 
     let good = ("ok.txt", b"fine text".to_vec());
-    let cases: Vec<(Vec<(&str, Vec<u8>)>, u16, &str)> = vec![
+    type Files<'a> = Vec<(&'a str, Vec<u8>)>;
+    let cases: Vec<(Files, u16, &str)> = vec![
         (
             vec![good.clone(), ("virus.exe", b"MZ".to_vec())],
             415,

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Auth, Ctx};
 use super::state::AppState;
 use crate::ingest::fetch::{FetchError, check_syntax};
-use crate::ingest::{Format, ParseError, PreparedDocument, parse::parse, prepare};
+use crate::ingest::{DocumentMeta, Format, ParseError, PreparedDocument, parse::parse, prepare};
 use crate::obs::metrics::{DocumentLabels, QuotaLabels, SourceLabels};
 use crate::retrieval::vectors::{dequantize_to_blob, quantize};
 use crate::store::documents::{IngestStoreError, StoredOutcome, insert_documents};
@@ -124,13 +124,15 @@ pub async fn ingest_text(
                 let parsed = parse(Format::Text, text.as_bytes())
                     .map_err(|e| parse_error(&e, &format!("document {} ({title})", i + 1)))?;
                 prepare(
-                    "text",
-                    title,
-                    None,
+                    DocumentMeta {
+                        kind: "text",
+                        title,
+                        uri: None,
+                        metadata,
+                    },
                     Format::Text,
                     parsed,
                     bytes,
-                    metadata,
                     &chunker,
                 )
                 .map(Slot::Ready)
@@ -204,13 +206,15 @@ pub async fn ingest_files(
                 let parsed = parse(format, &data).map_err(|e| parse_error(&e, &which))?;
                 let title = parsed.title.clone().unwrap_or_else(|| name.clone());
                 prepare(
-                    "file",
-                    title,
-                    Some(name),
+                    DocumentMeta {
+                        kind: "file",
+                        title,
+                        uri: Some(name),
+                        metadata: json!({}),
+                    },
                     format,
                     parsed,
                     data.len(),
-                    json!({}),
                     &chunker,
                 )
                 .map(Slot::Ready)
@@ -288,13 +292,15 @@ pub async fn ingest_urls(
                         .or(parsed.title.clone())
                         .unwrap_or_else(|| page.final_url.clone());
                     prepare(
-                        "url",
-                        title,
-                        Some(page.final_url),
+                        DocumentMeta {
+                            kind: "url",
+                            title,
+                            uri: Some(page.final_url),
+                            metadata: json!({}),
+                        },
                         format,
                         parsed,
                         page.body.len(),
-                        json!({}),
                         &chunker,
                     )
                 })

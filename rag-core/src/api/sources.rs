@@ -130,16 +130,16 @@ async fn delete_ids(
     ws: i64,
     ids: Vec<String>,
 ) -> Result<(Vec<String>, Vec<String>), ApiError> {
-    let (deleted, chunk_ids, not_found) = state
+    let d = state
         .store
         .write(move |c| documents::delete_sources(c, ws, &ids))
         .await?;
-    state.searcher.remove_vectors(ws, &chunk_ids).await;
-    state.metrics.chunk_records.dec_by(chunk_ids.len() as i64);
-    for id in &deleted {
+    state.searcher.remove_vectors(ws, &d.chunk_ids).await;
+    state.metrics.chunk_records.dec_by(d.chunk_ids.len() as i64);
+    for id in &d.source_ids {
         tracing::info!(event = "source.deleted", source_id = %id, "source deleted");
     }
-    Ok((deleted, not_found))
+    Ok((d.source_ids, d.not_found))
 }
 
 pub async fn delete(

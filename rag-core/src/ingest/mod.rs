@@ -7,6 +7,7 @@ pub mod parse;
 use sha2::{Digest, Sha256};
 
 pub use chunk::{ChunkDraft, Chunker};
+
 pub use parse::{Format, ParseError, ParsedDocument, Section};
 
 /// A document ready to store: validated, parsed and chunked, not yet embedded.
@@ -36,16 +37,28 @@ pub fn content_hash(doc: &ParsedDocument) -> String {
     hex::encode(h.finalize())
 }
 
+/// What the caller knows about a document besides its content.
+#[derive(Debug)]
+pub struct DocumentMeta {
+    pub kind: &'static str,
+    pub title: String,
+    pub uri: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
 pub fn prepare(
-    kind: &'static str,
-    title: String,
-    uri: Option<String>,
+    meta: DocumentMeta,
     format: Format,
     parsed: ParsedDocument,
     bytes: usize,
-    metadata: serde_json::Value,
     chunker: &Chunker,
 ) -> Result<PreparedDocument, ParseError> {
+    let DocumentMeta {
+        kind,
+        title,
+        uri,
+        metadata,
+    } = meta;
     let chunks = chunker.chunk_document(&parsed, format == Format::Captions);
     if chunks.is_empty() {
         return Err(ParseError::Empty);

@@ -125,9 +125,8 @@ pub fn parse_markdown(text: &str) -> ParsedDocument {
             in_fence = !in_fence;
         }
         let hashes = trimmed.bytes().take_while(|b| *b == b'#').count();
-        let is_heading = !in_fence
-            && (1..=6).contains(&hashes)
-            && trimmed[hashes..].starts_with(|c: char| c == ' ' || c == '\t');
+        let is_heading =
+            !in_fence && (1..=6).contains(&hashes) && trimmed[hashes..].starts_with([' ', '\t']);
         if is_heading {
             let heading = trimmed[hashes..]
                 .trim()

@@ -49,6 +49,14 @@ pub struct Hit {
     pub text: String,
 }
 
+/// One candidate's standing in the fusion.
+#[derive(Default)]
+struct Fused {
+    score: f64,
+    bm25_rank: Option<usize>,
+    cosine: f32,
+}
+
 pub struct Searcher {
     pub store: Arc<Store>,
     pub index: Arc<VectorIndex>,
@@ -106,19 +114,19 @@ impl Searcher {
             .await?;
 
         // Reciprocal rank fusion: robust to the two scores living on different scales.
-        let mut fused: HashMap<i64, (f64, Option<usize>, f32)> = HashMap::new();
+        let mut fused: HashMap<i64, Fused> = HashMap::new();
         for (rank, id) in fts_ids.iter().enumerate() {
-            let e = fused.entry(*id).or_insert((0.0, None, 0.0));
-            e.0 += 1.0 / (self.cfg.rrf_k + rank as f64 + 1.0);
-            e.1 = Some(rank + 1);
+            let e = fused.entry(*id).or_default();
+            e.score += 1.0 / (self.cfg.rrf_k + rank as f64 + 1.0);
+            e.bm25_rank = Some(rank + 1);
         }
         for (rank, (id, cos)) in vec_hits.iter().enumerate() {
-            let e = fused.entry(*id).or_insert((0.0, None, 0.0));
-            e.0 += 1.0 / (self.cfg.rrf_k + rank as f64 + 1.0);
-            e.2 = *cos;
+            let e = fused.entry(*id).or_default();
+            e.score += 1.0 / (self.cfg.rrf_k + rank as f64 + 1.0);
+            e.cosine = *cos;
         }
-        let mut ranked: Vec<(i64, (f64, Option<usize>, f32))> = fused.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then(a.0.cmp(&b.0)));
+        let mut ranked: Vec<(i64, Fused)> = fused.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
         ranked.truncate(p.k);
 
         let ids: Vec<i64> = ranked.iter().map(|r| r.0).collect();
@@ -130,7 +138,15 @@ impl Searcher {
             rows.into_iter().map(|r| (r.id, r)).collect();
         let terms = content_terms(&p.query);
         let mut hits = Vec::with_capacity(ranked.len());
-        for (id, (score, bm25_rank, cosine)) in ranked {
+        for (
+            id,
+            Fused {
+                score,
+                bm25_rank,
+                cosine,
+            },
+        ) in ranked
+        {
             let Some(row) = by_id.get(&id) else { continue };
             let term_coverage = coverage(&terms, &row.text);
             let relevant = (bm25_rank.is_some() && term_coverage >= self.cfg.min_term_coverage)

@@ -244,12 +244,20 @@ pub fn source_chunks(
     Ok(Some(rows))
 }
 
-/// Deletes sources of one workspace; returns (deleted ids, their chunk row ids, not found ids).
+#[derive(Debug, Default)]
+pub struct Deleted {
+    pub source_ids: Vec<String>,
+    /// Row ids of the removed chunks, to drop from the vector index.
+    pub chunk_ids: Vec<i64>,
+    pub not_found: Vec<String>,
+}
+
+/// Deletes sources of one workspace in one transaction.
 pub fn delete_sources(
     conn: &mut Connection,
     ws_seq: i64,
     source_ids: &[String],
-) -> Result<(Vec<String>, Vec<i64>, Vec<String>), StoreError> {
+) -> Result<Deleted, StoreError> {
     let tx = conn.transaction()?;
     let mut deleted = Vec::new();
     let mut not_found = Vec::new();
@@ -284,7 +292,11 @@ pub fn delete_sources(
         params![removed_chunks, ws_seq],
     )?;
     tx.commit()?;
-    Ok((deleted, chunk_ids, not_found))
+    Ok(Deleted {
+        source_ids: deleted,
+        chunk_ids,
+        not_found,
+    })
 }
 
 /// Source seqs of the given ids in this workspace; Err lists the unknown ones.

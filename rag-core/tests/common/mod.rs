@@ -112,10 +112,10 @@ impl Server {
             let lines = Arc::clone(&lines);
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["event"] == "server.started" {
-                            let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_string());
-                        }
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["event"] == "server.started"
+                    {
+                        let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_string());
                     }
                     lines.lock().unwrap().push(line);
                 }
