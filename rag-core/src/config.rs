@@ -111,7 +111,8 @@ pub struct LimitsConfig {
     pub max_document_bytes: usize,
     /// Most files in one multipart upload, or documents/URLs in one JSON request.
     pub max_documents_per_request: usize,
-    /// Concurrent SQLite readers (the writer is always one connection).
+    /// Requests served at once; past it new requests get 503 `overloaded` with
+    /// Retry-After (health, readiness and metrics are never shed).
     pub max_concurrent_requests: usize,
 }
 
@@ -518,6 +519,21 @@ mod tests {
             .apply_env(|k| (k == "LOG_ROTATION_MAX_BYTES").then(|| "ten".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains("LOG_ROTATION_MAX_BYTES"));
+    }
+
+    #[test]
+    fn shipped_example_sets_every_knob_to_its_default() {
+        let example = include_str!("../../config/rag-core.yaml");
+        let parsed = Config::from_yaml(example).expect("config/rag-core.yaml parses");
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+        let keys = example
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains(':'))
+            .count();
+        assert!(
+            keys >= 40,
+            "the example should list every knob, found {keys}"
+        );
     }
 
     #[test]

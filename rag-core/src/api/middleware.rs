@@ -60,15 +60,28 @@ pub async fn request_layer(
         organization_id = tracing::field::Empty,
     );
 
-    let mut resp = match state.inflight.try_acquire() {
-        Ok(_permit) => next.run(req).instrument(span.clone()).await,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many concurrent requests; retry shortly",
-        )
-        .with("retry_after_seconds", 1)
-        .into_response(),
+    // Probes and scrapes are never shed: an overloaded server is still alive and ready.
+    let exempt = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let permit = if exempt {
+        None
+    } else {
+        Some(state.inflight.try_acquire())
+    };
+    let mut resp = match permit {
+        Some(Err(_)) => {
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many concurrent requests; retry shortly",
+            )
+            .with("retry_after_seconds", 1)
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Some(Ok(_permit)) => next.run(req).instrument(span.clone()).await,
+        None => next.run(req).instrument(span.clone()).await,
     };
 
     // Render errors in the one shape, with this request's id.

@@ -48,7 +48,8 @@ pub struct StageLabels {
 }
 
 pub const SOURCES: [&str; 3] = ["file", "text", "url"];
-pub const STAGES: [&str; 5] = ["parse", "chunk", "embed", "index_write", "retrieve"];
+/// `parse` covers extraction and chunking (and, for URL ingest, the fetch).
+pub const STAGES: [&str; 4] = ["parse", "embed", "index_write", "retrieve"];
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::text::{is_stopword, stem, words};
+use super::text::{for_each_word, is_stopword, stem_parts};
 use crate::config::{EmbedderKind, OpenAiConfig, RetrievalConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,33 +25,35 @@ pub enum Embedder {
     },
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+fn fnv1a_parts(a: &str, b: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
+    for byte in a.bytes().chain(b.bytes()) {
+        h ^= u64::from(byte);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
 }
 
 /// Signed feature hashing of stemmed words and word bigrams, sublinear term frequency,
-/// L2-normalised.
+/// L2-normalised. Allocation-light: it runs over every chunk at ingest.
 pub fn hash_embed(text: &str, dims: usize) -> Vec<f32> {
     let mut counts: std::collections::HashMap<u64, f32> = std::collections::HashMap::new();
-    let mut prev: Option<String> = None;
-    for w in words(text) {
-        if is_stopword(&w) {
+    let mut prev: Option<u64> = None;
+    for_each_word(text, |w| {
+        if is_stopword(w) {
             prev = None;
-            continue;
+            return;
         }
-        let s = stem(&w);
-        *counts.entry(fnv1a(s.as_bytes())).or_default() += 1.0;
-        if let Some(p) = &prev {
-            let bigram = format!("{p} {s}");
-            *counts.entry(fnv1a(bigram.as_bytes())).or_default() += 0.5;
+        let (base, suffix) = stem_parts(w);
+        let h = fnv1a_parts(base, suffix);
+        *counts.entry(h).or_default() += 1.0;
+        if let Some(p) = prev {
+            // Order-sensitive mix of the two word hashes stands for the bigram.
+            let bigram = (p.rotate_left(21) ^ h).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            *counts.entry(bigram).or_default() += 0.5;
         }
-        prev = Some(s);
-    }
+        prev = Some(h);
+    });
     let mut v = vec![0f32; dims];
     for (h, tf) in counts {
         let idx = (h % dims as u64) as usize;
@@ -106,7 +108,18 @@ impl Embedder {
 
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         match self {
-            Self::Hashing { dims } => Ok(texts.iter().map(|t| hash_embed(t, *dims)).collect()),
+            Self::Hashing { dims } if texts.len() <= 16 => {
+                Ok(texts.iter().map(|t| hash_embed(t, *dims)).collect())
+            }
+            Self::Hashing { dims } => {
+                // Large ingest batches: keep the CPU work off the async workers.
+                let (texts, dims) = (texts.to_vec(), *dims);
+                tokio::task::spawn_blocking(move || {
+                    texts.iter().map(|t| hash_embed(t, dims)).collect()
+                })
+                .await
+                .map_err(|e| EmbedError::Remote(format!("embedding task failed: {e}")))
+            }
             Self::OpenAi { client, cfg } => {
                 let mut out = Vec::with_capacity(texts.len());
                 for batch in texts.chunks(64) {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::embed::Embedder;
-use super::text::{content_terms, coverage, fts_query};
+use super::text::{content_terms, coverage, fts_match, fts_terms};
 use super::vectors::{VectorIndex, WorkspaceVectors, blob_to_i8, quantize};
 use crate::config::RetrievalConfig;
 use crate::obs::metrics::Metrics;
@@ -49,6 +49,39 @@ pub struct Hit {
     pub text: String,
 }
 
+/// Workspaces up to this many chunks rank every chunk matching any question word.
+const PRUNE_ABOVE_CHUNKS: i64 = 20_000;
+
+/// The lexical query. FTS5 scores every matching row before it can sort, so in a large
+/// workspace an OR over very common words costs a scan of most of it (~90 ms at 125k
+/// chunks). Words found in more than 5% of the workspace's chunks add little to BM25
+/// (low IDF) and are left to the vector side; if every word is that common, their AND
+/// is precise and cheap.
+fn lexical_match(
+    conn: &rusqlite::Connection,
+    ws: i64,
+    wstok: &str,
+    terms: &[String],
+) -> Result<String, StoreError> {
+    let chunks = documents::count_vectors(conn, ws)? as i64;
+    if chunks <= PRUNE_ABOVE_CHUNKS || terms.len() < 2 {
+        return Ok(fts_match(wstok, terms, "OR"));
+    }
+    let cap = (chunks / 20) as usize;
+    let mut rare = Vec::new();
+    for t in terms {
+        let single = fts_match(wstok, std::slice::from_ref(t), "OR");
+        if documents::count_matches_capped(conn, &single, cap)? < cap {
+            rare.push(t.clone());
+        }
+    }
+    Ok(if rare.is_empty() {
+        fts_match(wstok, terms, "AND")
+    } else {
+        fts_match(wstok, &rare, "OR")
+    })
+}
+
 /// One candidate's standing in the fusion.
 #[derive(Default)]
 struct Fused {
@@ -77,7 +110,8 @@ impl Searcher {
                 .remove(0),
         );
         let n = self.cfg.candidates.max(p.k);
-        let match_expr = fts_query(&ws_token(p.ws_seq), &p.query);
+        let terms = fts_terms(&p.query);
+        let wstok = ws_token(p.ws_seq);
         let ws = p.ws_seq;
         let source_ids = p.source_ids.clone();
 
@@ -92,9 +126,11 @@ impl Searcher {
                     },
                     None => None,
                 };
-                let fts = match &match_expr {
-                    Some(m) => documents::fts_candidates(conn, m, seqs.as_deref(), n)?,
-                    None => Vec::new(),
+                let fts = if terms.is_empty() {
+                    Vec::new()
+                } else {
+                    let m = lexical_match(conn, ws, &wstok, &terms)?;
+                    documents::fts_candidates(conn, &m, seqs.as_deref(), n)?
                 };
                 let allowed: Option<HashSet<i64>> = match &seqs {
                     Some(s) => Some(

@@ -20,21 +20,44 @@ pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// A light suffix stripper so "policies"/"policy" and "refunds"/"refund" meet.
-pub fn stem(w: &str) -> String {
+/// Returned as (base, suffix) so hot paths can hash the stem without allocating.
+pub fn stem_parts(w: &str) -> (&str, &'static str) {
     let n = w.chars().count();
     if n > 4 && w.ends_with("ies") {
-        return format!("{}y", &w[..w.len() - 3]);
+        return (&w[..w.len() - 3], "y");
     }
     if n > 5 && w.ends_with("ing") {
-        return w[..w.len() - 3].to_string();
+        return (&w[..w.len() - 3], "");
     }
     if n > 4 && w.ends_with("ed") && !w.ends_with("eed") {
-        return w[..w.len() - 2].to_string();
+        return (&w[..w.len() - 2], "");
     }
     if n > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") {
-        return w[..w.len() - 1].to_string();
+        return (&w[..w.len() - 1], "");
     }
-    w.to_string()
+    (w, "")
+}
+
+pub fn stem(w: &str) -> String {
+    let (base, suffix) = stem_parts(w);
+    format!("{base}{suffix}")
+}
+
+/// Calls `f` with each lowercased word (≤ 64 chars), reusing one buffer.
+pub fn for_each_word(text: &str, mut f: impl FnMut(&str)) {
+    let mut buf = String::new();
+    for raw in text.split(|c: char| !c.is_alphanumeric()) {
+        if raw.is_empty() || raw.len() > 256 || raw.chars().count() > 64 {
+            continue;
+        }
+        if raw.bytes().all(|b| !b.is_ascii_uppercase() && b.is_ascii()) {
+            f(raw);
+        } else {
+            buf.clear();
+            buf.extend(raw.chars().flat_map(char::to_lowercase));
+            f(&buf);
+        }
+    }
 }
 
 /// Content terms of a question: no stopwords, stemmed, deduplicated, in order.
@@ -61,9 +84,9 @@ pub fn coverage(terms: &[String], text: &str) -> f64 {
     terms.iter().filter(|t| present.contains(*t)).count() as f64 / terms.len() as f64
 }
 
-/// FTS5 MATCH expression: workspace token AND any of the question's words.
-/// Words are quoted so user text can never inject FTS5 syntax.
-pub fn fts_query(wstok: &str, question: &str) -> Option<String> {
+/// The question's words as quoted FTS5 strings (quoting means user text can never
+/// inject FTS5 syntax), stopwords dropped, at most 32.
+pub fn fts_terms(question: &str) -> Vec<String> {
     let mut terms: Vec<String> = Vec::new();
     for w in words(question) {
         if is_stopword(&w) || terms.len() >= 32 {
@@ -74,13 +97,15 @@ pub fn fts_query(wstok: &str, question: &str) -> Option<String> {
             terms.push(q);
         }
     }
-    if terms.is_empty() {
-        return None;
-    }
-    Some(format!(
+    terms
+}
+
+/// FTS5 MATCH expression: the workspace token AND the terms joined by `op` (OR / AND).
+pub fn fts_match(wstok: &str, terms: &[String], op: &str) -> String {
+    format!(
         "wstok : \"{wstok}\" AND body : ({})",
-        terms.join(" OR ")
-    ))
+        terms.join(&format!(" {op} "))
+    )
 }
 
 #[cfg(test)]
@@ -104,11 +129,11 @@ mod tests {
 
     #[test]
     fn fts_query_is_quoted() {
-        let q = fts_query("w1", "refund\" OR x:* NEAR(").unwrap();
+        let t = fts_terms("refund\" OR x:* NEAR(");
         assert_eq!(
-            q,
+            fts_match("w1", &t, "OR"),
             "wstok : \"w1\" AND body : (\"refund\" OR \"x\" OR \"near\")"
         );
-        assert!(fts_query("w1", "the of and").is_none());
+        assert!(fts_terms("the of and").is_empty());
     }
 }

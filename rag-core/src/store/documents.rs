@@ -356,6 +356,19 @@ pub fn fts_candidates(
     Ok(ids)
 }
 
+/// Rows matching `match_expr`, counting at most `cap` (stops early on common words).
+pub fn count_matches_capped(
+    conn: &Connection,
+    match_expr: &str,
+    cap: usize,
+) -> Result<usize, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ?1 LIMIT ?2)",
+    )?;
+    let n: i64 = stmt.query_row(params![match_expr, cap as i64], |r| r.get(0))?;
+    Ok(n.max(0) as usize)
+}
+
 /// Chunk ids belonging to the given sources (for filtering vector candidates).
 pub fn chunk_ids_of_sources(
     conn: &Connection,
