@@ -499,3 +499,52 @@ async fn delete_and_batch_delete_remove_sources_from_answers() {
     );
     assert!(m.contains("chunk_records_total 1"), "{m}");
 }
+
+#[tokio::test]
+async fn chat_failure_falls_back_to_the_extractive_answer_and_is_counted() {
+    // A port nobody listens on: the OpenAI-compatible chat call fails for real.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = temp_dir("fallback");
+    let b = bootstrap(&dir);
+    let mut opts = Options {
+        config_yaml: Some("answer:\n  mode: openai\nopenai:\n  timeout_seconds: 5\n".into()),
+        ..Options::default()
+    };
+    opts.env.push((
+        "OPENAI_BASE_URL".into(),
+        format!("http://127.0.0.1:{port}/v1"),
+    ));
+    let s = Server::start_with(&dir, opts);
+    let c = client();
+    let _ = ingest_text(&c, &s, &b.api_key, json!([{"title": "Tea", "text": "Green tea should steep for two minutes at eighty degrees."}])).await;
+    let (st, a) = ask(
+        &c,
+        &s,
+        &b.api_key,
+        json!({"question": "How long should green tea steep?"}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(a["mode"], "extractive", "{a}");
+    assert!(a["answer"].as_str().unwrap().contains("two minutes"));
+    assert_eq!(a["citations"][0]["title"], "Tea");
+    let m = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("external_request_errors_total{service=\"openai\",operation=\"chat\"} 1"),
+        "{m}"
+    );
+    let logged = s
+        .log_lines()
+        .iter()
+        .any(|l| l["event"] == "external.request_failed" && l["operation"] == "chat");
+    assert!(logged);
+}
