@@ -1,9 +1,7 @@
-//! Per-request identity: request id and W3C trace context.
-//!
-//! rag-core continues what the agent (or any client) sent so its log lines join the
-//! agent's; when nothing valid arrives it starts fresh ids rather than failing.
+//! Per-request identity in rag-core: continues the request id and trace the agent (or any
+//! client) sent, so rag-core's log lines join the agent's; starts fresh ids otherwise.
 
-use rand::RngCore;
+pub use minirag_contracts::ids::{parse_traceparent, random_hex, valid_request_id};
 
 /// What a handler knows about the request it serves.
 #[derive(Debug, Clone)]
@@ -18,7 +16,7 @@ impl RequestContext {
         let request_id = request_id
             .filter(|v| valid_request_id(v))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(minirag_contracts::ids::new_request_id);
         let trace_id = traceparent
             .and_then(parse_traceparent)
             .map(|tp| tp.trace_id)
@@ -36,113 +34,21 @@ impl RequestContext {
     }
 }
 
-/// 1–128 characters of `[A-Za-z0-9._:-]` (DESIGN §3): safe to log and echo.
-pub fn valid_request_id(v: &str) -> bool {
-    (1..=128).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: String,
-    pub parent_id: String,
-    pub flags: u8,
-}
-
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Parses a W3C `traceparent`: version 00 exactly 4 fields; a higher version is read by
-/// its first four fields (forward compatibility); `ff`, uppercase, all-zero ids rejected.
-pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
-    let value = value.trim();
-    let mut parts = value.split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let parent_id = parts.next()?;
-    let flags = parts.next()?;
-    let rest: Vec<&str> = parts.collect();
-    if !is_lower_hex(version, 2) || version == "ff" {
-        return None;
-    }
-    if version == "00" && !rest.is_empty() {
-        return None;
-    }
-    if version != "00" && value.len() > 55 && value.as_bytes().get(55) != Some(&b'-') {
-        return None;
-    }
-    if !is_lower_hex(trace_id, 32) || trace_id.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    if !is_lower_hex(parent_id, 16) || parent_id.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    if !is_lower_hex(flags, 2) {
-        return None;
-    }
-    Some(TraceParent {
-        trace_id: trace_id.to_string(),
-        parent_id: parent_id.to_string(),
-        flags: u8::from_str_radix(flags, 16).ok()?,
-    })
-}
-
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    loop {
-        rand::rng().fill_bytes(&mut buf);
-        if buf.iter().any(|b| *b != 0) {
-            return hex::encode(&buf);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
     #[test]
-    fn traceparent_rules() {
-        assert_eq!(
-            parse_traceparent(TP).unwrap().trace_id,
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert!(parse_traceparent(&TP.to_uppercase()).is_none());
-        assert!(
-            parse_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
-        );
-        assert!(
-            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
-        );
-        assert!(
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01").is_none()
-        );
-        assert!(
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01").is_none()
-        );
-        assert!(parse_traceparent(&format!("{TP}-extra")).is_none());
-        assert!(
-            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future")
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn request_id_rules() {
-        assert!(valid_request_id("abc-123_x.y:z"));
-        assert!(!valid_request_id(""));
-        assert!(!valid_request_id(&"a".repeat(129)));
-        assert!(!valid_request_id("bad id"));
-        assert!(!valid_request_id("é"));
+    fn invalid_headers_get_fresh_ids() {
         let ctx = RequestContext::from_headers(Some("<script>"), Some("garbage"));
         assert_ne!(ctx.request_id, "<script>");
         assert_eq!(ctx.trace_id.len(), 32);
         assert_eq!(ctx.span_id.len(), 16);
+        let kept = RequestContext::from_headers(
+            Some("abc-1"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        assert_eq!(kept.request_id, "abc-1");
+        assert_eq!(kept.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

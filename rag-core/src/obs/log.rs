@@ -116,12 +116,7 @@ fn level_name(level: &Level) -> &'static str {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T16:32:37.123Z`.
-pub fn timestamp_now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
+pub use minirag_contracts::timestamp_now;
 
 impl<S> tracing_subscriber::Layer<S> for JsonLayer
 where

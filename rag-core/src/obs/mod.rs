@@ -3,4 +3,5 @@
 pub mod context;
 pub mod log;
 pub mod metrics;
-pub mod rotate;
+
+pub use minirag_contracts::rotate;
