@@ -1,0 +1,126 @@
+//! Admin listener: `/metrics`, `/healthz`, `/readyz`, `/config`, `POST /shutdown`.
+//! Bound to loopback by default; it exposes operations, never user data.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::proxy::service::Proxy;
+
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    /// False from the moment shutdown starts.
+    pub accepting: AtomicBool,
+    pub shutdown: Arc<Notify>,
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Asks rag-core's `/readyz` (1 s budget): the agent is only as ready as its upstream.
+async fn upstream_ready(proxy: &Proxy) -> bool {
+    let Ok(uri) = proxy.upstream.uri_for("/readyz") else {
+        return false;
+    };
+    let Ok(req) = Request::get(uri).body(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    ) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), proxy.client.request(req)).await,
+        Ok(Ok(r)) if r.status().is_success()
+    )
+}
+
+async fn route(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(state.proxy.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            if !state.accepting.load(Ordering::Relaxed) {
+                state.proxy.metrics.ready.set(0);
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "shutting_down"}),
+                )
+            } else if upstream_ready(&state.proxy).await {
+                state.proxy.metrics.ready.set(1);
+                json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+            } else {
+                state.proxy.metrics.ready.set(0);
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "upstream_not_ready"}),
+                )
+            }
+        }
+        (&Method::GET, "/config") => {
+            // The config holds no secrets today (they are env-only); serialising the
+            // effective config keeps this true by construction.
+            json(
+                StatusCode::OK,
+                serde_json::to_value(&state.proxy.cfg).unwrap_or_default(),
+            )
+        }
+        (&Method::POST, "/shutdown") => {
+            state.shutdown.notify_one();
+            json(
+                StatusCode::ACCEPTED,
+                serde_json::json!({"status": "shutting_down"}),
+            )
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "message": "no such admin route", "request_id": null}),
+        ),
+    };
+    Ok(resp)
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(Arc::clone(&state), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,330 @@
+//! Agent configuration: YAML (strict keys) < environment < command-line flags.
+//! Every knob is documented in `config/agent.yaml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// rag-core's base URL (http only: the hop is pod-local).
+    pub upstream: String,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub request_id: RequestIdConfig,
+    pub routes: Routes,
+    pub path_guard: PathGuard,
+    pub access_log: AccessLogConfig,
+    pub security_headers: SecurityHeaders,
+    pub lifecycle: Lifecycle,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            upstream: "http://127.0.0.1:8000".into(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            request_id: RequestIdConfig::default(),
+            routes: Routes::default(),
+            path_guard: PathGuard::default(),
+            access_log: AccessLogConfig::default(),
+            security_headers: SecurityHeaders::default(),
+            lifecycle: Lifecycle::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A client must send its whole request head within this time, or is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// Most request headers accepted (HTTP/1.1); more → 431.
+    pub max_headers: usize,
+    /// Largest request head in bytes (HTTP/1.1 read buffer); larger → 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; a larger Content-Length → 413.
+    pub max_body_bytes: u64,
+    /// Requests proxied at once; past it new requests get 503 (load shedding).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_concurrent_requests: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    /// From request sent to upstream response headers; over it → 504.
+    pub response_headers_ms: u64,
+    /// Longest silence inside a streaming response body before it is cut.
+    pub body_idle_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: 2_000,
+            response_headers_ms: 60_000,
+            body_idle_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestIdConfig {
+    /// Keep a valid client `X-Request-ID`; false = always generate.
+    pub trust_incoming: bool,
+}
+
+impl Default for RequestIdConfig {
+    fn default() -> Self {
+        Self {
+            trust_incoming: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routes {
+    /// Patterns `[METHOD ]/path` where a trailing `*` matches any rest of the path.
+    pub ask: Vec<String>,
+    pub ingest: Vec<String>,
+    pub admin: Vec<String>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            ask: vec!["POST /ask".into(), "POST /api/v1/ask".into()],
+            ingest: vec!["/api/v1/ingest/*".into(), "/api/ingest_*".into()],
+            admin: vec!["/api/v1/admin/*".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathGuard {
+    /// Upstream paths never reachable through the proxy (404), same pattern syntax.
+    pub blocked: Vec<String>,
+}
+
+impl Default for PathGuard {
+    fn default() -> Self {
+        Self {
+            blocked: vec!["/metrics".into(), "/internal/*".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    pub stdout: bool,
+    /// File path; unset = no file.
+    pub file: Option<PathBuf>,
+    pub rotation_max_bytes: u64,
+    pub rotation_backups: u32,
+    /// Lines buffered between the request path and the writer; when full, lines are
+    /// dropped and counted in `minirag_agent_access_log_dropped_total`.
+    pub queue_capacity: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stdout: true,
+            file: None,
+            rotation_max_bytes: 10 * 1024 * 1024,
+            rotation_backups: 5,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityHeaders {
+    pub enabled: bool,
+    pub content_security_policy: String,
+    /// Sent only on TLS connections.
+    pub strict_transport_security: String,
+    pub frame_options: String,
+    pub referrer_policy: String,
+    pub permissions_policy: String,
+    /// Cache-Control for API routes (`/api/`), unless the upstream set one.
+    pub api_cache_control: String,
+}
+
+impl Default for SecurityHeaders {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            content_security_policy: "default-src 'none'; frame-ancestors 'none'".into(),
+            strict_transport_security: "max-age=31536000; includeSubDomains".into(),
+            frame_options: "DENY".into(),
+            referrer_policy: "no-referrer".into(),
+            permissions_policy: "camera=(), microphone=(), geolocation=()".into(),
+            api_cache_control: "no-store".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifecycle {
+    /// After SIGTERM, keep serving (readiness failing) this long so endpoints update.
+    pub drain_delay_seconds: u64,
+    /// Then stop accepting and give in-flight requests this long to finish.
+    pub grace_seconds: u64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            drain_delay_seconds: 5,
+            grace_seconds: 25,
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str::<Self>(text).map_err(|e| match e.location() {
+            Some(loc) => format!("line {}, column {}: {e}", loc.line(), loc.column()),
+            None => e.to_string(),
+        })
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("MINIRAG_AGENT_LISTEN") {
+            self.listen = v.parse().map_err(|e| ConfigError::Env {
+                name: "MINIRAG_AGENT_LISTEN",
+                message: format!("{e}"),
+            })?;
+        }
+        if let Some(v) = get("MINIRAG_AGENT_ADMIN_LISTEN") {
+            self.admin_listen = v.parse().map_err(|e| ConfigError::Env {
+                name: "MINIRAG_AGENT_ADMIN_LISTEN",
+                message: format!("{e}"),
+            })?;
+        }
+        if let Some(v) = get("MINIRAG_AGENT_UPSTREAM") {
+            self.upstream = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if crate::proxy::forward::Upstream::parse(&self.upstream).is_err() {
+            return bad(format!(
+                "upstream {:?} must be http://host:port",
+                self.upstream
+            ));
+        }
+        for (name, list) in [
+            ("routes.ask", &self.routes.ask),
+            ("routes.ingest", &self.routes.ingest),
+            ("routes.admin", &self.routes.admin),
+            ("path_guard.blocked", &self.path_guard.blocked),
+        ] {
+            for p in list {
+                crate::proxy::routes::Pattern::parse(p)
+                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+            }
+        }
+        if self.limits.max_concurrent_requests == 0 || self.access_log.queue_capacity == 0 {
+            return bad(
+                "limits.max_concurrent_requests and access_log.queue_capacity must be positive"
+                    .into(),
+            );
+        }
+        if self.access_log.rotation_max_bytes < 1024 {
+            return bad("access_log.rotation_max_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = AgentConfig::from_yaml("timeouts:\n  conect_ms: 5\n").unwrap_err();
+        assert!(e.contains("conect_ms") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn shipped_example_sets_every_knob_to_its_default() {
+        let example = include_str!("../../config/agent.yaml");
+        let parsed = AgentConfig::from_yaml(example).expect("config/agent.yaml parses");
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", AgentConfig::default())
+        );
+    }
+}

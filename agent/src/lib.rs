@@ -1,0 +1,136 @@
+//! minirag-agent: the sidecar in front of rag-core. `main.rs` parses the command line;
+//! [`run`] wires the capabilities and owns the lifecycle.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod log;
+pub mod metrics;
+pub mod proxy;
+pub mod telemetry;
+pub mod up;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::AgentConfig;
+use crate::proxy::forward::{Upstream, client};
+use crate::proxy::headers::SecurityHeaderSet;
+use crate::proxy::routes::RouteTable;
+use crate::proxy::service::Proxy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// Serves until SIGTERM/SIGINT or `POST /shutdown` (or `external_stop`), then drains:
+/// readiness fails → keep serving `drain_delay_seconds` → stop accepting → wait up to
+/// `grace_seconds` for in-flight requests → return.
+pub async fn run(cfg: AgentConfig, external_stop: Option<Arc<Notify>>) -> Result<(), RunError> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let upstream = Upstream::parse(&cfg.upstream).map_err(RunError::Config)?;
+    let security = SecurityHeaderSet::new(&cfg.security_headers).map_err(RunError::Config)?;
+    let access_log = access_log::AccessLog::start(&cfg.access_log, Arc::clone(&metrics))
+        .map_err(RunError::AccessLog)?;
+    let proxy = Arc::new(Proxy {
+        routes: RouteTable::new(&cfg),
+        security,
+        upstream,
+        client: client(Duration::from_millis(cfg.timeouts.connect_ms)),
+        metrics,
+        access_log,
+        inflight: Arc::new(Semaphore::new(cfg.limits.max_concurrent_requests)),
+        cfg: cfg.clone(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.admin_listen,
+            source,
+        })?;
+    let listen = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| RunError::Listen {
+            addr: cfg.admin_listen,
+            source,
+        })?;
+
+    let shutdown = external_stop.unwrap_or_default();
+    let admin_state = Arc::new(admin::AdminState {
+        proxy: Arc::clone(&proxy),
+        accepting: AtomicBool::new(true),
+        shutdown: Arc::clone(&shutdown),
+    });
+    tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(proxy::server::serve(listener, Arc::clone(&proxy), stop_rx));
+    log::info_with(
+        "agent.started",
+        &format!("minirag-agent proxying http://{listen} -> {}", cfg.upstream),
+        serde_json::json!({"listen": listen.to_string(), "admin_listen": admin_addr.to_string(), "upstream": cfg.upstream, "version": env!("CARGO_PKG_VERSION")}),
+    );
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = shutdown.notified() => {}
+    }
+    admin_state.accepting.store(false, Ordering::Relaxed);
+    log::info_with(
+        "agent.draining",
+        "shutdown requested: readiness now fails; still serving during the drain delay",
+        serde_json::json!({"drain_delay_seconds": cfg.lifecycle.drain_delay_seconds, "grace_seconds": cfg.lifecycle.grace_seconds}),
+    );
+    tokio::time::sleep(Duration::from_secs(cfg.lifecycle.drain_delay_seconds)).await;
+    let _ = stop_tx.send(true);
+    let graceful = match server.await {
+        Ok(g) => g,
+        Err(e) => return Err(RunError::Config(format!("accept loop failed: {e}"))),
+    };
+    let grace = Duration::from_secs(cfg.lifecycle.grace_seconds);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => log::info("agent.stopped", "all connections drained; exiting"),
+        Err(_) => log::warn(
+            "agent.stopped",
+            "grace period over with connections still open; exiting",
+        ),
+    }
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

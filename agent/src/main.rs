@@ -1,0 +1,128 @@
+//! `minirag-agent` command line (DESIGN §8). Wiring only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use minirag_agent::config::AgentConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "minirag-agent",
+    version,
+    about = "Mini-RAG sidecar: reverse proxy in front of rag-core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (flags override the config file; no file = defaults).
+    Run {
+        #[arg(long, env = "MINIRAG_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Proxy address [default: 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin address (/metrics, /healthz, /readyz) [default: 127.0.0.1:9901].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// rag-core's base URL [default: http://127.0.0.1:8000].
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Run the whole stack locally: rag-core as a supervised child, the proxy in front.
+    Up {
+        /// rag-core's data directory [default: data].
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+        /// Path of the rag-core binary [default: next to this binary, else on PATH].
+        #[arg(long)]
+        rag_core: Option<PathBuf>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and print the effective configuration as JSON.
+    Check { file: PathBuf },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            config,
+            listen,
+            admin_listen,
+            upstream,
+        } => {
+            let mut cfg = AgentConfig::load(config.as_deref())?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(a) = admin_listen {
+                cfg.admin_listen = a;
+            }
+            if let Some(u) = upstream {
+                cfg.upstream = u;
+            }
+            cfg.validate()?;
+            runtime()?.block_on(minirag_agent::run(cfg, None))?;
+        }
+        Command::Up {
+            data_dir,
+            listen,
+            admin_listen,
+            rag_core,
+        } => {
+            let opts = minirag_agent::up::UpOptions {
+                data_dir,
+                listen,
+                admin_listen,
+                rag_core,
+            };
+            runtime()?.block_on(minirag_agent::up::up(opts))?;
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let cfg = AgentConfig::load(Some(&file))?;
+            println!("{}", serde_json::to_string_pretty(&cfg)?);
+            eprintln!("{}: OK", file.display());
+        }
+        Command::Version => println!("minirag-agent {}", env!("CARGO_PKG_VERSION")),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("minirag-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The agent's metrics: the shared RED metrics of DESIGN §4.2 for ask and ingest, and
+//! `minirag_agent_*` self-metrics for every route class.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::proxy::routes::RouteClass;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AskLabels {
+    pub outcome: &'static str,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLatencyLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub class: &'static str,
+    pub method: String,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub class: &'static str,
+    pub kind: &'static str,
+}
+
+pub const OUTCOMES: [&str; 4] = ["success", "client_error", "server_error", "cancelled"];
+
+/// success < 400 ≤ client_error < 500 ≤ server_error; cancelled = the client left first.
+pub fn outcome(status: u16, client_gone: bool) -> &'static str {
+    if client_gone {
+        "cancelled"
+    } else if status < 400 {
+        "success"
+    } else if status < 500 {
+        "client_error"
+    } else {
+        "server_error"
+    }
+}
+
+fn slo_buckets() -> impl Iterator<Item = f64> {
+    // Includes the 3 s ask SLO edge so burn-rate rules can count "fast enough" exactly.
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub ask_requests: Family<AskLabels, Counter>,
+    pub ask_latency: Family<OutcomeLabels, Histogram>,
+    pub ingest_operations: Family<IngestLabels, Counter>,
+    pub ingest_latency: Family<IngestLatencyLabels, Histogram>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<ClassLabels, Histogram>,
+    pub in_flight: Family<ClassLabels, Gauge>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub shed: Counter,
+    pub access_log_dropped: Counter,
+    pub ready: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let ask_requests = Family::<AskLabels, Counter>::default();
+        let ask_latency = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(slo_buckets())
+        });
+        let ingest_operations = Family::<IngestLabels, Counter>::default();
+        let ingest_latency = Family::<IngestLatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(slo_buckets())
+        });
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration =
+            Family::<ClassLabels, Histogram>::new_with_constructor(
+                || Histogram::new(slo_buckets()),
+            );
+        let in_flight = Family::<ClassLabels, Gauge>::default();
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let shed = Counter::default();
+        let access_log_dropped = Counter::default();
+        let ready = Gauge::default();
+        registry.register(
+            "ask_requests",
+            "Ask requests through the agent by outcome and status",
+            ask_requests.clone(),
+        );
+        registry.register(
+            "ask_request_latency_seconds",
+            "Ask latency until the response body ended",
+            ask_latency.clone(),
+        );
+        registry.register(
+            "ingest_operations",
+            "Ingest requests through the agent",
+            ingest_operations.clone(),
+        );
+        registry.register(
+            "ingest_operation_latency_seconds",
+            "Ingest latency until the response body ended",
+            ingest_latency.clone(),
+        );
+        registry.register(
+            "minirag_agent_http_requests",
+            "Requests handled by the proxy",
+            http_requests.clone(),
+        );
+        registry.register(
+            "minirag_agent_http_request_duration_seconds",
+            "Proxy request duration until the response body ended",
+            http_duration.clone(),
+        );
+        registry.register(
+            "minirag_agent_http_requests_in_flight",
+            "Requests being proxied now",
+            in_flight.clone(),
+        );
+        registry.register("minirag_agent_upstream_errors", "Failed upstream calls by kind (connect, connect_timeout, response_timeout, protocol, body_idle)", upstream_errors.clone());
+        registry.register(
+            "minirag_agent_http_shed_requests",
+            "Requests refused with 503 because the concurrency limit was reached",
+            shed.clone(),
+        );
+        registry.register(
+            "minirag_agent_access_log_dropped_lines",
+            "Access-log lines dropped because the writer queue was full",
+            access_log_dropped.clone(),
+        );
+        registry.register(
+            "minirag_agent_ready",
+            "1 while the agent reports ready",
+            ready.clone(),
+        );
+
+        // Known label sets start at zero so increase() alerts work from the first scrape.
+        for o in OUTCOMES {
+            let _ = ask_latency.get_or_create(&OutcomeLabels { outcome: o });
+            for source in ["files", "text", "urls"] {
+                let _ = ingest_latency.get_or_create(&IngestLatencyLabels { source, outcome: o });
+            }
+        }
+        for (o, s) in [
+            ("success", 200),
+            ("client_error", 429),
+            ("server_error", 502),
+            ("server_error", 504),
+        ] {
+            let _ = ask_requests.get_or_create(&AskLabels {
+                outcome: o,
+                status_code: s,
+            });
+        }
+        for c in RouteClass::ALL {
+            let _ = http_duration.get_or_create(&ClassLabels { class: c.as_str() });
+            let _ = in_flight.get_or_create(&ClassLabels { class: c.as_str() });
+            for kind in [
+                "connect",
+                "connect_timeout",
+                "response_timeout",
+                "protocol",
+                "body_idle",
+            ] {
+                let _ = upstream_errors.get_or_create(&UpstreamErrorLabels {
+                    class: c.as_str(),
+                    kind,
+                });
+            }
+        }
+        Self {
+            registry,
+            ask_requests,
+            ask_latency,
+            ingest_operations,
+            ingest_latency,
+            http_requests,
+            http_duration,
+            in_flight,
+            upstream_errors,
+            shed,
+            access_log_dropped,
+            ready,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,415 @@
+//! The request path, outermost first (DESIGN §3): ids → trace context → path guard →
+//! limits → forward → response headers → metrics and access line when the body ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::body::{BodyEnd, CountingBody, OnEnd, RecordBody};
+use super::errors::json_error;
+use super::forward::{self, ProxyBody, Upstream, UpstreamClient};
+use super::headers::{self, SecurityHeaderSet};
+use super::routes::{RouteClass, RouteTable, ingest_source};
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::config::AgentConfig;
+use crate::metrics::{
+    AskLabels, ClassLabels, HttpLabels, IngestLabels, IngestLatencyLabels, Metrics, OutcomeLabels,
+    UpstreamErrorLabels, outcome,
+};
+use crate::telemetry::RequestIds;
+
+/// Everything the request path reads, built from one config.
+pub struct Proxy {
+    pub cfg: AgentConfig,
+    pub routes: RouteTable,
+    pub security: SecurityHeaderSet,
+    pub upstream: Upstream,
+    pub client: UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    pub inflight: Arc<Semaphore>,
+}
+
+/// Per-connection facts.
+#[derive(Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// Recorded once, when the response body ends (or the client goes away).
+struct Completion {
+    proxy: Arc<Proxy>,
+    ids: RequestIds,
+    class: RouteClass,
+    method: http::Method,
+    path: String,
+    status: u16,
+    started: Instant,
+    upstream_ms: Option<f64>,
+    bytes_in: Arc<AtomicU64>,
+    conn: ConnInfo,
+    user_agent: Option<String>,
+    protocol: &'static str,
+    error: Option<&'static str>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl OnEnd for Completion {
+    fn on_end(self: Box<Self>, end: BodyEnd, bytes_out: u64) {
+        let m = &self.proxy.metrics;
+        let secs = self.started.elapsed().as_secs_f64();
+        let client_gone = end == BodyEnd::ClientGone;
+        let out = outcome(self.status, client_gone);
+        let class = self.class.as_str();
+        if end == BodyEnd::IdleTimeout {
+            m.upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    class,
+                    kind: "body_idle",
+                })
+                .inc();
+        }
+        m.in_flight.get_or_create(&ClassLabels { class }).dec();
+        m.http_requests
+            .get_or_create(&HttpLabels {
+                class,
+                method: self.method.as_str().to_owned(),
+                status_code: self.status,
+            })
+            .inc();
+        m.http_duration
+            .get_or_create(&ClassLabels { class })
+            .observe(secs);
+        match self.class {
+            RouteClass::Ask => {
+                m.ask_requests
+                    .get_or_create(&AskLabels {
+                        outcome: out,
+                        status_code: self.status,
+                    })
+                    .inc();
+                m.ask_latency
+                    .get_or_create(&OutcomeLabels { outcome: out })
+                    .observe(secs);
+            }
+            RouteClass::Ingest => {
+                let source = ingest_source(&self.path);
+                m.ingest_operations
+                    .get_or_create(&IngestLabels {
+                        source,
+                        outcome: out,
+                        status_code: self.status,
+                    })
+                    .inc();
+                m.ingest_latency
+                    .get_or_create(&IngestLatencyLabels {
+                        source,
+                        outcome: out,
+                    })
+                    .observe(secs);
+            }
+            _ => {}
+        }
+        let log = &self.proxy.access_log;
+        if log.enabled() {
+            let error = match end {
+                BodyEnd::IdleTimeout => Some("upstream_body_idle_timeout"),
+                BodyEnd::Failed => Some("upstream_body_error"),
+                BodyEnd::ClientGone => Some("client_gone"),
+                BodyEnd::Complete => self.error,
+            };
+            log.write(&AccessRecord {
+                timestamp: minirag_contracts::timestamp_now(),
+                level: if self.status >= 500 { "ERROR" } else { "INFO" },
+                logger: "minirag_agent.access",
+                message: "request proxied",
+                event: "http.access",
+                request_id: &self.ids.request_id,
+                trace_id: &self.ids.trace_id,
+                span_id: &self.ids.span_id,
+                parent_span_id: self.ids.parent_span_id.as_deref(),
+                user_id: None,
+                workspace_id: None,
+                organization_id: None,
+                route: class,
+                method: self.method.as_str(),
+                path: &self.path,
+                status_code: self.status,
+                duration_ms: (secs * 1e6).round() / 1e3,
+                upstream_ms: self.upstream_ms,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+                client_addr: self.conn.remote.to_string(),
+                user_agent: self.user_agent.as_deref(),
+                protocol: self.protocol,
+                outcome: out,
+                error,
+            });
+        }
+    }
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed())
+}
+
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let ids = RequestIds::from_headers(req.headers(), proxy.cfg.request_id.trust_incoming);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let class = proxy.routes.classify(&method, &path);
+    proxy
+        .metrics
+        .in_flight
+        .get_or_create(&ClassLabels {
+            class: class.as_str(),
+        })
+        .inc();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let mut done = Completion {
+        proxy: Arc::clone(&proxy),
+        ids: ids.clone(),
+        class,
+        method: method.clone(),
+        path: path.clone(),
+        status: 0,
+        started,
+        upstream_ms: None,
+        bytes_in: Arc::clone(&bytes_in),
+        conn,
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        protocol: protocol_name(req.version()),
+        error: None,
+        _permit: None,
+    };
+
+    let resp = match forward_request(&proxy, &ids, conn, req, &bytes_in, &mut done).await {
+        Ok(r) => r,
+        Err((status, code, message)) => {
+            done.error = Some(code);
+            full(json_error(status, code, message, &ids.request_id))
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
+        parts.headers.insert("x-request-id", v);
+    }
+    proxy
+        .security
+        .apply(&mut parts.headers, conn.tls, path.starts_with("/api/"));
+    done.status = parts.status.as_u16();
+    let idle = Duration::from_millis(proxy.cfg.timeouts.body_idle_ms);
+    let body = RecordBody::new(body, idle, Box::new(done)).boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+type Refusal = (StatusCode, &'static str, &'static str);
+
+async fn forward_request(
+    proxy: &Arc<Proxy>,
+    ids: &RequestIds,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    bytes_in: &Arc<AtomicU64>,
+    done: &mut Completion,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let class = done.class.as_str();
+    let permit = match Arc::clone(&proxy.inflight).try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            proxy.metrics.shed.inc();
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the proxy is at its concurrency limit; retry shortly",
+            ));
+        }
+    };
+    done._permit = Some(permit);
+    if proxy.routes.is_blocked(req.method(), req.uri().path()) {
+        return Err((StatusCode::NOT_FOUND, "not_found", "no such route"));
+    }
+    let max_body = proxy.cfg.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is larger than the proxy allows",
+        ));
+    }
+
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let uri = proxy.upstream.uri_for(&path_and_query).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request target is not a valid path",
+        )
+    })?;
+
+    // Build the upstream request from the client's, owning its body.
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_client_identity(&mut parts.headers);
+    let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
+        h.insert("x-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ids.upstream_traceparent()) {
+        h.insert("traceparent", v);
+    }
+    h.remove("tracestate");
+    if let Some(ts) = &ids.tracestate {
+        h.insert("tracestate", ts.clone());
+    }
+    let client_ip = conn.remote.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = original_host {
+        h.insert("x-forwarded-host", host);
+    }
+    h.remove(header::HOST);
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let body = Limited::new(
+        CountingBody::new(body, Arc::clone(bytes_in)),
+        max_body as usize,
+    )
+    .map_err(|e| -> forward::BoxError { e })
+    .boxed();
+    let upstream_req = Request::from_parts(parts, body);
+
+    let upstream_started = Instant::now();
+    let timeout = Duration::from_millis(proxy.cfg.timeouts.response_headers_ms);
+    let result = tokio::time::timeout(timeout, proxy.client.request(upstream_req)).await;
+    done.upstream_ms = Some((upstream_started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+    let count = |kind: &'static str| {
+        proxy
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels { class, kind })
+            .inc();
+    };
+    let mut resp = match result {
+        Err(_) => {
+            count("response_timeout");
+            return Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ));
+        }
+        Ok(Err(e)) => {
+            if is_body_limit(&e) {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is larger than the proxy allows",
+                ));
+            }
+            let (status, code, kind) = forward::classify_error(&e);
+            count(kind);
+            let message = if status == StatusCode::GATEWAY_TIMEOUT {
+                "the upstream did not accept the connection in time"
+            } else if kind == "connect" {
+                "the upstream refused the connection or is down"
+            } else {
+                "the upstream connection failed"
+            };
+            return Err((status, code, message));
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+        }
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        ));
+    }
+    headers::strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|b| b.map_err(|e| -> forward::BoxError { Box::new(e) }).boxed()))
+}
+
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
