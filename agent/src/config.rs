@@ -161,9 +161,11 @@ pub struct AccessLogConfig {
     pub file: Option<PathBuf>,
     pub rotation_max_bytes: u64,
     pub rotation_backups: u32,
-    /// Lines buffered between the request path and the writer; when full, lines are
-    /// dropped and counted in `minirag_agent_access_log_dropped_total`.
-    pub queue_capacity: usize,
+    /// Bytes of finished lines held in memory for the writer thread; when full, lines
+    /// are dropped and counted in `minirag_agent_access_log_dropped_lines_total`.
+    pub buffer_bytes: usize,
+    /// The writer wakes when 64 KiB are buffered or after this many milliseconds.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for AccessLogConfig {
@@ -174,7 +176,8 @@ impl Default for AccessLogConfig {
             file: None,
             rotation_max_bytes: 10 * 1024 * 1024,
             rotation_backups: 5,
-            queue_capacity: 65_536,
+            buffer_bytes: 8 * 1024 * 1024,
+            flush_interval_ms: 200,
         }
     }
 }
@@ -295,9 +298,12 @@ impl AgentConfig {
                     .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
             }
         }
-        if self.limits.max_concurrent_requests == 0 || self.access_log.queue_capacity == 0 {
+        if self.limits.max_concurrent_requests == 0 {
+            return bad("limits.max_concurrent_requests must be positive".into());
+        }
+        if self.access_log.buffer_bytes < 65_536 || self.access_log.flush_interval_ms == 0 {
             return bad(
-                "limits.max_concurrent_requests and access_log.queue_capacity must be positive"
+                "access_log.buffer_bytes must be at least 65536 and flush_interval_ms positive"
                     .into(),
             );
         }

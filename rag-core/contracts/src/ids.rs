@@ -65,8 +65,13 @@ impl TraceParent {
     }
 }
 
+/// A UUIDv4 from the thread-local generator (no system call per request).
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Random lowercase hex of `bytes` bytes, never all zeros (W3C forbids zero ids).
@@ -120,6 +125,8 @@ mod tests {
         assert!(!valid_request_id("bad id"));
         assert!(!valid_request_id("é"));
         assert_eq!(random_hex(8).len(), 16);
+        let id = uuid::Uuid::parse_str(&new_request_id()).unwrap();
+        assert_eq!(id.get_version_num(), 4);
         let tp = parse_traceparent(TP).unwrap();
         assert_eq!(
             tp.child("1111111111111111"),
