@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub admin_listen: SocketAddr,
     /// rag-core's base URL (http only: the hop is pod-local).
     pub upstream: String,
+    /// TLS on the proxy listener; unset = plain HTTP (h2c by prior knowledge).
+    pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub request_id: RequestIdConfig,
@@ -44,6 +46,7 @@ impl Default for AgentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             upstream: "http://127.0.0.1:8000".into(),
+            tls: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             request_id: RequestIdConfig::default(),
@@ -54,6 +57,22 @@ impl Default for AgentConfig {
             lifecycle: Lifecycle::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the two files are checked for a rotation.
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    5_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -8,6 +8,7 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod telemetry;
+pub mod tls;
 pub mod up;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub enum RunError {
     Config(String),
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Serves until SIGTERM/SIGINT or `POST /shutdown` (or `external_stop`), then drains:
@@ -55,6 +58,10 @@ pub async fn run(cfg: AgentConfig, external_stop: Option<Arc<Notify>>) -> Result
         cfg: cfg.clone(),
     });
 
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls::acceptor(t)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -86,11 +93,20 @@ pub async fn run(cfg: AgentConfig, external_stop: Option<Arc<Notify>>) -> Result
     });
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(proxy::server::serve(listener, Arc::clone(&proxy), stop_rx));
+    let server = tokio::spawn(proxy::server::serve(
+        listener,
+        tls,
+        Arc::clone(&proxy),
+        stop_rx,
+    ));
     log::info_with(
         "agent.started",
-        &format!("minirag-agent proxying http://{listen} -> {}", cfg.upstream),
-        serde_json::json!({"listen": listen.to_string(), "admin_listen": admin_addr.to_string(), "upstream": cfg.upstream, "version": env!("CARGO_PKG_VERSION")}),
+        &format!(
+            "minirag-agent proxying {}://{listen} -> {}",
+            if cfg.tls.is_some() { "https" } else { "http" },
+            cfg.upstream
+        ),
+        serde_json::json!({"tls": cfg.tls.is_some(), "listen": listen.to_string(), "admin_listen": admin_addr.to_string(), "upstream": cfg.upstream, "version": env!("CARGO_PKG_VERSION")}),
     );
 
     tokio::select! {

@@ -17,6 +17,7 @@ use super::service::{ConnInfo, Proxy, handle};
 /// caller can drain them within its grace period.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown {
@@ -49,16 +50,41 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { remote, tls: false };
-        let proxy = Arc::clone(&proxy);
-        let service = service_fn(move |req| handle(Arc::clone(&proxy), info, req));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let info = ConnInfo {
+            remote,
+            tls: tls.is_some(),
+        };
+        let svc_proxy = Arc::clone(&proxy);
+        let service = service_fn(move |req| handle(Arc::clone(&svc_proxy), info, req));
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                // The handshake gets the same budget as a request head.
+                let handshake = tokio::time::timeout(
+                    Duration::from_millis(limits.header_read_timeout_ms),
+                    acceptor.accept(stream),
+                );
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Ok(Ok(tls_stream)) = handshake.await else {
+                        return;
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
     }
     graceful
 }
