@@ -6,6 +6,7 @@
 //! waits on a disk.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -50,10 +51,24 @@ pub struct AccessRecord<'a> {
 struct Shared {
     buf: Mutex<Vec<u8>>,
     wake: Condvar,
+    closed: AtomicBool,
 }
 
+/// Dropped with the last clone of the log: the writer flushes what is left and exits
+/// (a config reload that changes the access log starts a new writer).
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
+#[derive(Clone)]
 pub struct AccessLog {
     shared: Option<Arc<Shared>>,
+    _close: Option<Arc<CloseOnDrop>>,
     max_bytes: usize,
     metrics: Arc<Metrics>,
 }
@@ -63,6 +78,7 @@ impl AccessLog {
         if !cfg.enabled || (!cfg.stdout && cfg.file.is_none()) {
             return Ok(Self {
                 shared: None,
+                _close: None,
                 max_bytes: 0,
                 metrics,
             });
@@ -79,6 +95,7 @@ impl AccessLog {
         let shared = Arc::new(Shared {
             buf: Mutex::new(Vec::with_capacity(WAKE_AT_BYTES * 2)),
             wake: Condvar::new(),
+            closed: AtomicBool::new(false),
         });
         let writer_shared = Arc::clone(&shared);
         let stdout = cfg.stdout;
@@ -87,6 +104,7 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || writer(&writer_shared, stdout, file, interval))?;
         Ok(Self {
+            _close: Some(Arc::new(CloseOnDrop(Arc::clone(&shared)))),
             shared: Some(shared),
             max_bytes: cfg.buffer_bytes,
             metrics,
@@ -166,6 +184,9 @@ fn writer(shared: &Shared, stdout: bool, mut file: Option<RotatingFile>, interva
             std::mem::swap(&mut *buf, &mut batch);
         }
         if batch.is_empty() {
+            if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
             continue;
         }
         if stdout {

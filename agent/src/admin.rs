@@ -36,7 +36,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
 
 /// Asks rag-core's `/readyz` (1 s budget): the agent is only as ready as its upstream.
 async fn upstream_ready(proxy: &Proxy) -> bool {
-    let Ok(uri) = proxy.upstream.uri_for("/readyz") else {
+    let Ok(uri) = proxy.current().upstream.uri_for("/readyz") else {
         return false;
     };
     let Ok(req) = Request::get(uri).body(
@@ -91,7 +91,7 @@ async fn route(
             // effective config keeps this true by construction.
             json(
                 StatusCode::OK,
-                serde_json::to_value(&state.proxy.cfg).unwrap_or_default(),
+                serde_json::to_value(&state.proxy.current().cfg).unwrap_or_default(),
             )
         }
         (&Method::POST, "/shutdown") => {

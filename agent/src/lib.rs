@@ -7,6 +7,7 @@ pub mod config;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod telemetry;
 pub mod tls;
 pub mod up;
@@ -15,13 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
-use crate::config::AgentConfig;
-use crate::proxy::forward::{Upstream, client};
-use crate::proxy::headers::SecurityHeaderSet;
-use crate::proxy::routes::RouteTable;
-use crate::proxy::service::Proxy;
+use crate::proxy::forward::client;
+use crate::proxy::service::{Dynamic, Proxy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -32,8 +30,6 @@ pub enum RunError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("cannot open the access log: {0}")]
-    AccessLog(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -41,22 +37,19 @@ pub enum RunError {
 /// Serves until SIGTERM/SIGINT or `POST /shutdown` (or `external_stop`), then drains:
 /// readiness fails → keep serving `drain_delay_seconds` → stop accepting → wait up to
 /// `grace_seconds` for in-flight requests → return.
-pub async fn run(cfg: AgentConfig, external_stop: Option<Arc<Notify>>) -> Result<(), RunError> {
+pub async fn run(
+    source: reload::ConfigSource,
+    external_stop: Option<Arc<Notify>>,
+) -> Result<(), RunError> {
+    let cfg = source.load().map_err(|e| RunError::Config(e.to_string()))?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let upstream = Upstream::parse(&cfg.upstream).map_err(RunError::Config)?;
-    let security = SecurityHeaderSet::new(&cfg.security_headers).map_err(RunError::Config)?;
-    let access_log = access_log::AccessLog::start(&cfg.access_log, Arc::clone(&metrics))
-        .map_err(RunError::AccessLog)?;
-    let proxy = Arc::new(Proxy {
-        routes: RouteTable::new(&cfg),
-        security,
-        upstream,
-        client: client(Duration::from_millis(cfg.timeouts.connect_ms)),
+    let dynamic = Dynamic::build(cfg.clone(), &metrics).map_err(RunError::Config)?;
+    let proxy = Arc::new(Proxy::new(
+        client(Duration::from_millis(cfg.timeouts.connect_ms)),
         metrics,
-        access_log,
-        inflight: Arc::new(Semaphore::new(cfg.limits.max_concurrent_requests)),
-        cfg: cfg.clone(),
-    });
+        dynamic,
+    ));
+    reload::watch(source, Arc::clone(&proxy));
 
     let tls = match &cfg.tls {
         Some(t) => Some(tls::acceptor(t)?),
@@ -133,6 +126,10 @@ pub async fn run(cfg: AgentConfig, external_stop: Option<Arc<Notify>>) -> Result
             "grace period over with connections still open; exiting",
         ),
     }
+    // Let the access-log writer flush the last lines before the process ends.
+    drop(admin_state);
+    drop(proxy);
+    tokio::time::sleep(Duration::from_millis(cfg.access_log.flush_interval_ms + 50)).await;
     Ok(())
 }
 

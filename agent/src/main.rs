@@ -78,18 +78,16 @@ fn run() -> anyhow::Result<()> {
             admin_listen,
             upstream,
         } => {
-            let mut cfg = AgentConfig::load(config.as_deref())?;
-            if let Some(l) = listen {
-                cfg.listen = l;
-            }
-            if let Some(a) = admin_listen {
-                cfg.admin_listen = a;
-            }
-            if let Some(u) = upstream {
-                cfg.upstream = u;
-            }
-            cfg.validate()?;
-            runtime()?.block_on(minirag_agent::run(cfg, None))?;
+            let source = minirag_agent::reload::ConfigSource {
+                file: config,
+                listen,
+                admin_listen,
+                upstream,
+                fixed: None,
+            };
+            // Fail fast, before any socket is bound, on a bad file or flag.
+            source.load()?;
+            runtime()?.block_on(minirag_agent::run(source, None))?;
         }
         Command::Up {
             data_dir,

@@ -149,7 +149,11 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
         opts.admin_listen,
         opts.data_dir.display()
     );
-    let mut proxy = tokio::spawn(crate::run(cfg, None));
+    let source = crate::reload::ConfigSource {
+        fixed: Some(cfg),
+        ..Default::default()
+    };
+    let mut proxy = tokio::spawn(crate::run(source, None));
     let mut backoff = Duration::from_secs(1);
     let mut started = Instant::now();
     let result = loop {

@@ -12,17 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::service::{ConnInfo, Proxy, handle};
+use crate::config::Limits;
 
-/// Serves until `stop` turns true, then returns the tracker of open connections so the
-/// caller can drain them within its grace period.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    proxy: Arc<Proxy>,
-    mut stop: watch::Receiver<bool>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
-    let limits = proxy.cfg.limits.clone();
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -35,6 +27,18 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
+    builder
+}
+
+/// Serves until `stop` turns true, then returns the tracker of open connections so the
+/// caller can drain them within its grace period.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -50,6 +54,9 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Limits come from the current config, so a reload applies to new connections.
+        let limits = proxy.current().cfg.limits.clone();
+        let builder = connection_builder(&limits);
         let info = ConnInfo {
             remote,
             tls: tls.is_some(),
@@ -72,7 +79,6 @@ pub async fn serve(
                     Duration::from_millis(limits.header_read_timeout_ms),
                     acceptor.accept(stream),
                 );
-                let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let Ok(Ok(tls_stream)) = handshake.await else {

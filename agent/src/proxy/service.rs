@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,16 +28,76 @@ use crate::metrics::{
 };
 use crate::telemetry::RequestIds;
 
-/// Everything the request path reads, built from one config.
+/// What lives for the whole process: the upstream connection pool and the metrics.
 pub struct Proxy {
+    pub client: UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    dynamic: RwLock<Arc<Dynamic>>,
+}
+
+/// Everything built from one config file; a reload swaps it whole. Requests already in
+/// flight finish with the snapshot they started with.
+pub struct Dynamic {
     pub cfg: AgentConfig,
     pub routes: RouteTable,
     pub security: SecurityHeaderSet,
     pub upstream: Upstream,
-    pub client: UpstreamClient,
-    pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub inflight: Arc<Semaphore>,
+}
+
+impl Dynamic {
+    pub fn build(cfg: AgentConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
+        Ok(Self {
+            routes: RouteTable::new(&cfg),
+            security: SecurityHeaderSet::new(&cfg.security_headers)?,
+            upstream: Upstream::parse(&cfg.upstream)?,
+            access_log: AccessLog::start(&cfg.access_log, Arc::clone(metrics))
+                .map_err(|e| format!("access log: {e}"))?,
+            inflight: Arc::new(Semaphore::new(cfg.limits.max_concurrent_requests)),
+            cfg,
+        })
+    }
+}
+
+impl Dynamic {
+    /// Same as [`Dynamic::build`] but keeps the running access-log writer.
+    pub fn rebuild_keeping_log(cfg: AgentConfig, current: &Dynamic) -> Result<Self, String> {
+        Ok(Self {
+            routes: RouteTable::new(&cfg),
+            security: SecurityHeaderSet::new(&cfg.security_headers)?,
+            upstream: Upstream::parse(&cfg.upstream)?,
+            access_log: current.access_log.clone(),
+            inflight: Arc::new(Semaphore::new(cfg.limits.max_concurrent_requests)),
+            cfg,
+        })
+    }
+}
+
+impl Proxy {
+    pub fn new(client: UpstreamClient, metrics: Arc<Metrics>, dynamic: Dynamic) -> Self {
+        Self {
+            client,
+            metrics,
+            dynamic: RwLock::new(Arc::new(dynamic)),
+        }
+    }
+
+    /// The config snapshot for a new request or connection.
+    pub fn current(&self) -> Arc<Dynamic> {
+        match self.dynamic.read() {
+            Ok(d) => Arc::clone(&d),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, next: Dynamic) {
+        let next = Arc::new(next);
+        match self.dynamic.write() {
+            Ok(mut d) => *d = next,
+            Err(p) => *p.into_inner() = next,
+        }
+    }
 }
 
 /// Per-connection facts.
@@ -50,6 +110,7 @@ pub struct ConnInfo {
 /// Recorded once, when the response body ends (or the client goes away).
 struct Completion {
     proxy: Arc<Proxy>,
+    dynamic: Arc<Dynamic>,
     ids: RequestIds,
     class: RouteClass,
     method: http::Method,
@@ -121,7 +182,7 @@ impl OnEnd for Completion {
             }
             _ => {}
         }
-        let log = &self.proxy.access_log;
+        let log = &self.dynamic.access_log;
         if log.enabled() {
             let error = match end {
                 BodyEnd::IdleTimeout => Some("upstream_body_idle_timeout"),
@@ -181,10 +242,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let ids = RequestIds::from_headers(req.headers(), proxy.cfg.request_id.trust_incoming);
+    let dynamic = proxy.current();
+    let ids = RequestIds::from_headers(req.headers(), dynamic.cfg.request_id.trust_incoming);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let class = proxy.routes.classify(&method, &path);
+    let class = dynamic.routes.classify(&method, &path);
     proxy
         .metrics
         .in_flight
@@ -195,6 +257,7 @@ pub async fn handle(
     let bytes_in = Arc::new(AtomicU64::new(0));
     let mut done = Completion {
         proxy: Arc::clone(&proxy),
+        dynamic: Arc::clone(&dynamic),
         ids: ids.clone(),
         class,
         method: method.clone(),
@@ -214,7 +277,8 @@ pub async fn handle(
         _permit: None,
     };
 
-    let resp = match forward_request(&proxy, &ids, conn, req, &bytes_in, &mut done).await {
+    let resp = match forward_request(&proxy, &dynamic, &ids, conn, req, &bytes_in, &mut done).await
+    {
         Ok(r) => r,
         Err((status, code, message)) => {
             done.error = Some(code);
@@ -225,11 +289,11 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
         parts.headers.insert("x-request-id", v);
     }
-    proxy
+    dynamic
         .security
         .apply(&mut parts.headers, conn.tls, path.starts_with("/api/"));
     done.status = parts.status.as_u16();
-    let idle = Duration::from_millis(proxy.cfg.timeouts.body_idle_ms);
+    let idle = Duration::from_millis(dynamic.cfg.timeouts.body_idle_ms);
     let body = RecordBody::new(body, idle, Box::new(done)).boxed();
     Ok(Response::from_parts(parts, body))
 }
@@ -238,6 +302,7 @@ type Refusal = (StatusCode, &'static str, &'static str);
 
 async fn forward_request(
     proxy: &Arc<Proxy>,
+    dynamic: &Dynamic,
     ids: &RequestIds,
     conn: ConnInfo,
     mut req: Request<Incoming>,
@@ -245,7 +310,7 @@ async fn forward_request(
     done: &mut Completion,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let class = done.class.as_str();
-    let permit = match Arc::clone(&proxy.inflight).try_acquire_owned() {
+    let permit = match Arc::clone(&dynamic.inflight).try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
             proxy.metrics.shed.inc();
@@ -257,10 +322,10 @@ async fn forward_request(
         }
     };
     done._permit = Some(permit);
-    if proxy.routes.is_blocked(req.method(), req.uri().path()) {
+    if dynamic.routes.is_blocked(req.method(), req.uri().path()) {
         return Err((StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
-    let max_body = proxy.cfg.limits.max_body_bytes;
+    let max_body = dynamic.cfg.limits.max_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -281,7 +346,7 @@ async fn forward_request(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let uri = proxy.upstream.uri_for(&path_and_query).map_err(|_| {
+    let uri = dynamic.upstream.uri_for(&path_and_query).map_err(|_| {
         (
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -337,7 +402,7 @@ async fn forward_request(
     let upstream_req = Request::from_parts(parts, body);
 
     let upstream_started = Instant::now();
-    let timeout = Duration::from_millis(proxy.cfg.timeouts.response_headers_ms);
+    let timeout = Duration::from_millis(dynamic.cfg.timeouts.response_headers_ms);
     let result = tokio::time::timeout(timeout, proxy.client.request(upstream_req)).await;
     done.upstream_ms = Some((upstream_started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
     let count = |kind: &'static str| {

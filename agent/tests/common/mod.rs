@@ -128,6 +128,7 @@ pub struct Agent {
     pub admin: String,
     pub dir: PathBuf,
     pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -176,8 +177,11 @@ impl Agent {
             });
         }
         let (tx, rx) = std::sync::mpsc::channel();
+        let err_lines = Arc::new(Mutex::new(Vec::new()));
+        let err_sink = Arc::clone(&err_lines);
         std::thread::spawn(move || {
             for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                err_sink.lock().unwrap().push(l.clone());
                 if let Ok(v) = serde_json::from_str::<Value>(&l)
                     && v["event"] == "agent.started"
                 {
@@ -197,6 +201,7 @@ impl Agent {
             admin: format!("http://{admin}"),
             dir,
             stdout: lines,
+            stderr: err_lines,
         }
     }
 

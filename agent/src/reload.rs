@@ -1,0 +1,152 @@
+//! Config reload without dropping connections: the config file is watched (inotify via
+//! `notify`, and SIGHUP), a changed file is parsed and validated in full, and only then
+//! swapped in. New requests and connections use it; requests in flight finish with the
+//! snapshot they started with. An invalid file is refused with a log line naming the
+//! problem, and the running config stays.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::proxy::service::{Dynamic, Proxy};
+
+/// Where the config comes from: an optional file, then environment, then flags.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    /// A fully built config (used by `up`): no file, nothing to watch.
+    pub fixed: Option<AgentConfig>,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<AgentConfig, ConfigError> {
+        if let Some(cfg) = &self.fixed {
+            return Ok(cfg.clone());
+        }
+        let mut cfg = AgentConfig::load(self.file.as_deref())?;
+        if let Some(l) = self.listen {
+            cfg.listen = l;
+        }
+        if let Some(a) = self.admin_listen {
+            cfg.admin_listen = a;
+        }
+        if let Some(u) = &self.upstream {
+            cfg.upstream = u.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn apply(source: &ConfigSource, proxy: &Proxy) {
+    let current = proxy.current();
+    let next = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log::error(
+                "config.reload_rejected",
+                &format!("new config refused, the running one stays: {e}"),
+            );
+            return;
+        }
+    };
+    if next.listen != current.cfg.listen || next.admin_listen != current.cfg.admin_listen {
+        crate::log::warn(
+            "config.restart_required",
+            "listen addresses change only on restart; other changes applied",
+        );
+    }
+    if next.tls.is_some() != current.cfg.tls.is_some() {
+        crate::log::warn(
+            "config.restart_required",
+            "turning TLS on or off needs a restart; certificate rotation does not",
+        );
+    }
+    // Building the access log opens its file: do it only when that part changed, so a
+    // reload of routes or headers keeps the same writer.
+    let dynamic = if format!("{:?}", next.access_log) == format!("{:?}", current.cfg.access_log) {
+        Dynamic::rebuild_keeping_log(next, &current)
+    } else {
+        Dynamic::build(next, &proxy.metrics)
+    };
+    match dynamic {
+        Ok(d) => {
+            proxy.replace(d);
+            crate::log::info("config.reloaded", "configuration reloaded");
+        }
+        Err(e) => crate::log::error(
+            "config.reload_rejected",
+            &format!("new config refused, the running one stays: {e}"),
+        ),
+    }
+}
+
+/// Starts watching; returns at once. Nothing to watch for a fixed config.
+pub fn watch(source: ConfigSource, proxy: Arc<Proxy>) {
+    let Some(file) = source.file.clone() else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    // Watch the directory: editors and Kubernetes ConfigMaps replace the file by rename.
+    let dir = file.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d.to_path_buf()
+        }
+    });
+    let name = file.file_name().map(|n| n.to_owned());
+    let fs_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == name.as_deref() || p.ends_with("..data"))
+        {
+            let _ = fs_tx.try_send(());
+        }
+    });
+    let watcher = match (watcher, dir) {
+        (Ok(mut w), Some(d)) => match w.watch(&d, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                crate::log::warn(
+                    "config.watch_failed",
+                    &format!("cannot watch {}: {e}; SIGHUP still reloads", d.display()),
+                );
+                None
+            }
+        },
+        (Err(e), _) => {
+            crate::log::warn(
+                "config.watch_failed",
+                &format!("file watching unavailable: {e}; SIGHUP still reloads"),
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _keep_alive = watcher;
+        let mut hup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                got = rx.recv() => if got.is_none() { return },
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            // Let a burst of events (write + rename + chmod) settle into one reload.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            apply(&source, &proxy);
+        }
+    });
+}
