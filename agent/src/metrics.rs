@@ -37,7 +37,8 @@ pub struct IngestLatencyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub class: &'static str,
-    pub method: String,
+    /// A known method name or "OTHER", so clients cannot grow the label set.
+    pub method: &'static str,
     pub status_code: u16,
 }
 
@@ -50,6 +51,19 @@ pub struct ClassLabels {
 pub struct UpstreamErrorLabels {
     pub class: &'static str,
     pub kind: &'static str,
+}
+
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 pub const OUTCOMES: [&str; 4] = ["success", "client_error", "server_error", "cancelled"];

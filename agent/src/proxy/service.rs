@@ -145,7 +145,7 @@ impl OnEnd for Completion {
         m.http_requests
             .get_or_create(&HttpLabels {
                 class,
-                method: self.method.as_str().to_owned(),
+                method: crate::metrics::method_label(&self.method),
                 status_code: self.status,
             })
             .inc();
