@@ -8,6 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use minirag_agent::config::AgentConfig;
 
+// The request path allocates and frees many small objects per request across tasks;
+// mimalloc's thread-local free lists cut that cost measurably against glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "minirag-agent",
