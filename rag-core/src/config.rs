@@ -10,13 +10,8 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] minirag_contracts::yaml::YamlError),
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
     #[error("invalid configuration: {0}")]
@@ -341,25 +336,12 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })
+        Ok(minirag_contracts::yaml::from_file(path)?)
     }
 
     /// Parses YAML; the error names line, column and the offending key.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
-        if text.trim().is_empty() {
-            return Ok(Config::default());
-        }
-        serde_yaml::from_str::<Config>(text).map_err(|e| match e.location() {
-            Some(loc) => format!("line {}, column {}: {}", loc.line(), loc.column(), e),
-            None => e.to_string(),
-        })
+        minirag_contracts::yaml::from_str(text)
     }
 
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {

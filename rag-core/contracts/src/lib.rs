@@ -1,9 +1,10 @@
 //! The contracts between rag-core and minirag-agent (DESIGN §4) that are code rather than
-//! documents: request-id rules, W3C trace context, the log timestamp format, and the
-//! rotation scheme the log shipper expects. Both programs depend on this one definition.
+//! documents: request-id rules, W3C trace context, the log timestamp format, the
+//! rotation scheme the log shipper expects, and how config files are read. Both programs depend on this one definition.
 
 pub mod ids;
 pub mod rotate;
+pub mod yaml;
 
 use std::cell::RefCell;
 
