@@ -63,10 +63,18 @@ fn apply(source: &ConfigSource, proxy: &Proxy) {
             "listen addresses change only on restart; other changes applied",
         );
     }
-    if next.tls.is_some() != current.cfg.tls.is_some() {
+    if format!("{:?}", next.tls) != format!("{:?}", current.cfg.tls) {
         crate::log::warn(
             "config.restart_required",
-            "turning TLS on or off needs a restart; certificate rotation does not",
+            "tls settings change only on restart (rotating the certificate files themselves needs none)",
+        );
+    }
+    if next.timeouts.connect_ms != current.cfg.timeouts.connect_ms
+        || format!("{:?}", next.lifecycle) != format!("{:?}", current.cfg.lifecycle)
+    {
+        crate::log::warn(
+            "config.restart_required",
+            "timeouts.connect_ms and lifecycle.* change only on restart",
         );
     }
     // Building the access log opens its file: do it only when that part changed, so a
@@ -91,6 +99,18 @@ fn apply(source: &ConfigSource, proxy: &Proxy) {
 /// Starts watching; returns at once. Nothing to watch for a fixed config.
 pub fn watch(source: ConfigSource, proxy: Arc<Proxy>) {
     let Some(file) = source.file.clone() else {
+        // SIGHUP must never end the process, even with nothing to reload.
+        tokio::spawn(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                while hup.recv().await.is_some() {
+                    crate::log::info(
+                        "config.reload_skipped",
+                        "SIGHUP received, but no config file was given",
+                    );
+                }
+            }
+        });
         return;
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);

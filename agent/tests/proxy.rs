@@ -453,3 +453,64 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[tokio::test]
+async fn client_leaving_early_is_recorded_and_connect_timeouts_answer_504() {
+    let up = start_upstream().await;
+    let agent = Agent::start(&format!("http://{}", up.addr), "");
+    let c = client();
+    let gone = tokio::spawn(
+        c.get(agent.url("/slow"))
+            .header("x-request-id", "leaver-1")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.abort();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let m = c
+        .get(format!("{}/metrics", agent.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("minirag_agent_http_requests_in_flight{class=\"other\"} 0"),
+        "{m}"
+    );
+    let line = agent
+        .access_lines()
+        .into_iter()
+        .find(|l| l["request_id"] == "leaver-1")
+        .expect("access line for the leaver");
+    assert_eq!(line["status_code"], 499);
+    assert_eq!(line["outcome"], "cancelled");
+
+    // An upstream whose accept queue is full never completes the handshake.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let full_addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(full_addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let agent2 = Agent::start(
+        &format!("http://{full_addr}"),
+        "timeouts:\n  connect_ms: 300\n",
+    );
+    let started = std::time::Instant::now();
+    let r = c.get(agent2.url("/x")).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "upstream_connect_timeout", "{v}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(full);
+}

@@ -57,13 +57,19 @@ pub fn classify_error(
     e: &hyper_util::client::legacy::Error,
 ) -> (http::StatusCode, &'static str, &'static str) {
     if e.is_connect() {
-        let msg = format!("{e:?}");
-        if msg.contains("timed out") || msg.contains("Timeout") {
-            return (
-                http::StatusCode::GATEWAY_TIMEOUT,
-                "upstream_connect_timeout",
-                "connect_timeout",
-            );
+        // The connector reports its connect timeout as an io::Error of kind TimedOut.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = source {
+            if s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                return (
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_connect_timeout",
+                    "connect_timeout",
+                );
+            }
+            source = s.source();
         }
         return (
             http::StatusCode::BAD_GATEWAY,

@@ -124,10 +124,31 @@ struct Completion {
     protocol: &'static str,
     error: Option<&'static str>,
     _permit: Option<OwnedSemaphorePermit>,
+    recorded: bool,
 }
 
 impl OnEnd for Completion {
-    fn on_end(self: Box<Self>, end: BodyEnd, bytes_out: u64) {
+    fn on_end(mut self: Box<Self>, end: BodyEnd, bytes_out: u64) {
+        self.record(end, bytes_out);
+    }
+}
+
+/// A client that leaves before the response headers exist drops the handler future and
+/// with it this record: it is still counted (status 499, nginx's "client closed").
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.recorded {
+            if self.status == 0 {
+                self.status = 499;
+            }
+            self.record(BodyEnd::ClientGone, 0);
+        }
+    }
+}
+
+impl Completion {
+    fn record(&mut self, end: BodyEnd, bytes_out: u64) {
+        self.recorded = true;
         let m = &self.proxy.metrics;
         let secs = self.started.elapsed().as_secs_f64();
         let client_gone = end == BodyEnd::ClientGone;
@@ -275,6 +296,7 @@ pub async fn handle(
         protocol: protocol_name(req.version()),
         error: None,
         _permit: None,
+        recorded: false,
     };
 
     let resp = match forward_request(&proxy, &dynamic, &ids, conn, req, &bytes_in, &mut done).await
@@ -310,6 +332,9 @@ async fn forward_request(
     done: &mut Completion,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let class = done.class.as_str();
+    if dynamic.routes.is_blocked(req.method(), req.uri().path()) {
+        return Err((StatusCode::NOT_FOUND, "not_found", "no such route"));
+    }
     let permit = match Arc::clone(&dynamic.inflight).try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
@@ -322,9 +347,6 @@ async fn forward_request(
         }
     };
     done._permit = Some(permit);
-    if dynamic.routes.is_blocked(req.method(), req.uri().path()) {
-        return Err((StatusCode::NOT_FOUND, "not_found", "no such route"));
-    }
     let max_body = dynamic.cfg.limits.max_body_bytes;
     let declared = req
         .headers()
