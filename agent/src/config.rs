@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub access_log: AccessLogConfig,
     pub security_headers: SecurityHeaders,
     pub lifecycle: Lifecycle,
+    pub identity: IdentityConfig,
+    pub quotas: QuotasConfig,
 }
 
 impl Default for AgentConfig {
@@ -50,6 +52,8 @@ impl Default for AgentConfig {
             access_log: AccessLogConfig::default(),
             security_headers: SecurityHeaders::default(),
             lifecycle: Lifecycle::default(),
+            identity: IdentityConfig::default(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -242,6 +246,68 @@ impl Default for Lifecycle {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityProvider {
+    /// No identity at the edge: rag-core authenticates; no quotas can apply.
+    None,
+    /// Ask rag-core's `/internal/v1/principal` (needs `MINIRAG_INTERNAL_TOKEN`).
+    Introspect,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub provider: IdentityProvider,
+    pub introspect_path: String,
+    /// How long a known key's principal is reused; also the longest a revoked key keeps
+    /// working at the edge.
+    pub cache_ttl_seconds: u64,
+    /// How long an unknown key is remembered as unknown.
+    pub negative_cache_ttl_seconds: u64,
+    /// Most keys cached at once.
+    pub cache_max_entries: usize,
+    /// Budget of one principal lookup.
+    pub timeout_ms: u64,
+    /// Paths served without a key (same pattern syntax as routes).
+    pub anonymous: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            provider: IdentityProvider::None,
+            introspect_path: "/internal/v1/principal".into(),
+            cache_ttl_seconds: 30,
+            negative_cache_ttl_seconds: 5,
+            cache_max_entries: 10_000,
+            timeout_ms: 2_000,
+            anonymous: vec!["/healthz".into(), "/readyz".into(), "/openapi.json".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Quota policy (see `config/quotas.yaml`); unset = no rate quotas. Flag `--quotas`.
+    pub policy_file: Option<PathBuf>,
+    /// Distinct `workspace_id` label values on quota metrics; beyond it, `other`.
+    pub max_workspace_labels: usize,
+    /// Most (workspace, metric) budgets held in memory.
+    pub max_tracked_budgets: usize,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            policy_file: None,
+            max_workspace_labels: 1000,
+            max_tracked_budgets: 100_000,
+        }
+    }
+}
+
 impl AgentConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut cfg = match path {
@@ -306,6 +372,16 @@ impl AgentConfig {
         if self.access_log.buffer_bytes < 65_536 || self.access_log.flush_interval_ms == 0 {
             return bad(
                 "access_log.buffer_bytes must be at least 65536 and flush_interval_ms positive"
+                    .into(),
+            );
+        }
+        for p in &self.identity.anonymous {
+            crate::proxy::routes::Pattern::parse(p)
+                .map_err(|e| ConfigError::Invalid(format!("identity.anonymous: {e}")))?;
+        }
+        if self.quotas.policy_file.is_some() && self.identity.provider == IdentityProvider::None {
+            return bad(
+                "quotas.policy_file needs identity.provider: introspect (quotas are per workspace)"
                     .into(),
             );
         }

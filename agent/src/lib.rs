@@ -4,9 +4,11 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod identity;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod telemetry;
 pub mod tls;
@@ -44,9 +46,19 @@ pub async fn run(
     let cfg = source.load().map_err(|e| RunError::Config(e.to_string()))?;
     let metrics = Arc::new(metrics::Metrics::new());
     let dynamic = Dynamic::build(cfg.clone(), &metrics).map_err(RunError::Config)?;
+    let identity = match cfg.identity.provider {
+        config::IdentityProvider::None => None,
+        config::IdentityProvider::Introspect => {
+            let token = source.internal_token.clone().ok_or_else(|| {
+                RunError::Config("identity.provider introspect needs MINIRAG_INTERNAL_TOKEN (or MINIRAG_INTERNAL_TOKEN_FILE)".into())
+            })?;
+            Some(identity::Introspector::new(cfg.identity.clone(), token))
+        }
+    };
     let proxy = Arc::new(Proxy::new(
         client(Duration::from_millis(cfg.timeouts.connect_ms)),
         metrics,
+        identity,
         dynamic,
     ));
     reload::watch(source, Arc::clone(&proxy));

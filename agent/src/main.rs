@@ -39,6 +39,9 @@ enum Command {
         /// rag-core's base URL [default: http://127.0.0.1:8000].
         #[arg(long)]
         upstream: Option<String>,
+        /// Quota policy file (see config/quotas.yaml); overrides quotas.policy_file.
+        #[arg(long)]
+        quotas: Option<PathBuf>,
     },
     /// Run the whole stack locally: rag-core as a supervised child, the proxy in front.
     Up {
@@ -68,6 +71,21 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
+/// `MINIRAG_INTERNAL_TOKEN`, or the contents of the file `MINIRAG_INTERNAL_TOKEN_FILE` names.
+fn internal_token() -> anyhow::Result<Option<String>> {
+    if let Ok(t) = std::env::var("MINIRAG_INTERNAL_TOKEN") {
+        return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    match std::env::var("MINIRAG_INTERNAL_TOKEN_FILE") {
+        Ok(path) => {
+            let t = std::fs::read_to_string(&path)
+                .with_context(|| format!("MINIRAG_INTERNAL_TOKEN_FILE: cannot read {path}"))?;
+            Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,12 +100,15 @@ fn run() -> anyhow::Result<()> {
             listen,
             admin_listen,
             upstream,
+            quotas,
         } => {
             let source = minirag_agent::reload::ConfigSource {
                 file: config,
                 listen,
                 admin_listen,
                 upstream,
+                quotas,
+                internal_token: internal_token()?,
                 fixed: None,
             };
             // Fail fast, before any socket is bound, on a bad file or flag.

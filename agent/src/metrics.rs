@@ -43,6 +43,12 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub workspace_id: String,
+    pub metric: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
     pub class: &'static str,
 }
@@ -102,6 +108,9 @@ pub struct Metrics {
     pub shed: Counter,
     pub access_log_dropped: Counter,
     pub ready: Gauge,
+    pub quota_exceeded_total: Family<QuotaLabels, Counter>,
+    /// workspace_id values already used as labels (bounded by `max_workspace_labels`).
+    quota_label_set: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Metrics {
@@ -125,6 +134,7 @@ impl Metrics {
         let shed = Counter::default();
         let access_log_dropped = Counter::default();
         let ready = Gauge::default();
+        let quota_exceeded_total = Family::<QuotaLabels, Counter>::default();
         registry.register(
             "ask_requests",
             "Ask requests through the agent by outcome and status",
@@ -170,6 +180,11 @@ impl Metrics {
             "minirag_agent_access_log_dropped_lines",
             "Access-log lines dropped because the writer queue was full",
             access_log_dropped.clone(),
+        );
+        registry.register(
+            "quota_exceeded",
+            "Requests refused with 429 by a rate quota, by workspace (overflow: other) and metric",
+            quota_exceeded_total.clone(),
         );
         registry.register(
             "minirag_agent_ready",
@@ -224,7 +239,31 @@ impl Metrics {
             shed,
             access_log_dropped,
             ready,
+            quota_exceeded_total,
+            quota_label_set: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Counts a refusal; past `cap` distinct workspaces the label becomes `other`, so a
+    /// flood of tenants cannot blow up the series count.
+    pub fn quota_exceeded(&self, workspace_id: &str, metric: &'static str, cap: usize) {
+        let label = match self.quota_label_set.lock() {
+            Ok(mut set) => {
+                if set.contains(workspace_id) || set.len() < cap {
+                    set.insert(workspace_id.to_string());
+                    workspace_id.to_string()
+                } else {
+                    "other".to_string()
+                }
+            }
+            Err(_) => "other".to_string(),
+        };
+        self.quota_exceeded_total
+            .get_or_create(&QuotaLabels {
+                workspace_id: label,
+                metric,
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -21,6 +21,10 @@ pub struct ConfigSource {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub upstream: Option<String>,
+    /// `--quotas FILE`: overrides `quotas.policy_file`.
+    pub quotas: Option<PathBuf>,
+    /// For `identity.provider: introspect`; from the environment, never from YAML.
+    pub internal_token: Option<String>,
     /// A fully built config (used by `up`): no file, nothing to watch.
     pub fixed: Option<AgentConfig>,
 }
@@ -39,6 +43,9 @@ impl ConfigSource {
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = u.clone();
+        }
+        if let Some(q) = &self.quotas {
+            cfg.quotas.policy_file = Some(q.clone());
         }
         cfg.validate()?;
         Ok(cfg)
@@ -67,6 +74,14 @@ fn apply(source: &ConfigSource, proxy: &Proxy) {
         crate::log::warn(
             "config.restart_required",
             "tls settings change only on restart (rotating the certificate files themselves needs none)",
+        );
+    }
+    if format!("{:?}", next.identity) != format!("{:?}", current.cfg.identity)
+        || next.quotas.max_tracked_budgets != current.cfg.quotas.max_tracked_budgets
+    {
+        crate::log::warn(
+            "config.restart_required",
+            "identity.* and quotas.max_tracked_budgets change only on restart",
         );
     }
     if next.timeouts.connect_ms != current.cfg.timeouts.connect_ms

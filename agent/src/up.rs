@@ -149,8 +149,11 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
         opts.admin_listen,
         opts.data_dir.display()
     );
+    // The edge knows who is calling: the same internal token rag-core was given.
+    cfg.identity.provider = crate::config::IdentityProvider::Introspect;
     let source = crate::reload::ConfigSource {
         fixed: Some(cfg),
+        internal_token: Some(token.clone()),
         ..Default::default()
     };
     let mut proxy = tokio::spawn(crate::run(source, None));

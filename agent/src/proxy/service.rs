@@ -19,19 +19,25 @@ use super::body::{BodyEnd, CountingBody, OnEnd, RecordBody};
 use super::errors::json_error;
 use super::forward::{self, ProxyBody, Upstream, UpstreamClient};
 use super::headers::{self, SecurityHeaderSet};
-use super::routes::{RouteClass, RouteTable, ingest_source};
+use super::routes::{Pattern, RouteClass, RouteTable, ingest_source};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::AgentConfig;
+use crate::identity::{Introspector, Outcome, Principal};
 use crate::metrics::{
     AskLabels, ClassLabels, HttpLabels, IngestLabels, IngestLatencyLabels, Metrics, OutcomeLabels,
     UpstreamErrorLabels, outcome,
 };
+use crate::quota::limiter::Budget;
+use crate::quota::{Decision, Limiter, Metric, Policy};
 use crate::telemetry::RequestIds;
 
-/// What lives for the whole process: the upstream connection pool and the metrics.
+/// What lives for the whole process: the upstream connection pool, the metrics, the
+/// identity cache and the quota budgets (a config reload must not reset budgets).
 pub struct Proxy {
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
+    pub identity: Option<Introspector>,
+    pub limiter: Limiter,
     dynamic: RwLock<Arc<Dynamic>>,
 }
 
@@ -40,45 +46,61 @@ pub struct Proxy {
 pub struct Dynamic {
     pub cfg: AgentConfig,
     pub routes: RouteTable,
+    pub anonymous: Vec<Pattern>,
     pub security: SecurityHeaderSet,
     pub upstream: Upstream,
     pub access_log: AccessLog,
     pub inflight: Arc<Semaphore>,
+    pub policy: Option<Policy>,
 }
 
 impl Dynamic {
     pub fn build(cfg: AgentConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
-        Ok(Self {
-            routes: RouteTable::new(&cfg),
-            security: SecurityHeaderSet::new(&cfg.security_headers)?,
-            upstream: Upstream::parse(&cfg.upstream)?,
-            access_log: AccessLog::start(&cfg.access_log, Arc::clone(metrics))
-                .map_err(|e| format!("access log: {e}"))?,
-            inflight: Arc::new(Semaphore::new(cfg.limits.max_concurrent_requests)),
-            cfg,
-        })
+        let log = AccessLog::start(&cfg.access_log, Arc::clone(metrics))
+            .map_err(|e| format!("access log: {e}"))?;
+        Self::with_log(cfg, log)
     }
-}
 
-impl Dynamic {
     /// Same as [`Dynamic::build`] but keeps the running access-log writer.
     pub fn rebuild_keeping_log(cfg: AgentConfig, current: &Dynamic) -> Result<Self, String> {
+        Self::with_log(cfg, current.access_log.clone())
+    }
+
+    fn with_log(cfg: AgentConfig, access_log: AccessLog) -> Result<Self, String> {
+        let policy = match &cfg.quotas.policy_file {
+            Some(p) => Some(Policy::load(p)?),
+            None => None,
+        };
         Ok(Self {
             routes: RouteTable::new(&cfg),
+            anonymous: cfg
+                .identity
+                .anonymous
+                .iter()
+                .filter_map(|p| Pattern::parse(p).ok())
+                .collect(),
             security: SecurityHeaderSet::new(&cfg.security_headers)?,
             upstream: Upstream::parse(&cfg.upstream)?,
-            access_log: current.access_log.clone(),
+            access_log,
             inflight: Arc::new(Semaphore::new(cfg.limits.max_concurrent_requests)),
+            policy,
             cfg,
         })
     }
 }
 
 impl Proxy {
-    pub fn new(client: UpstreamClient, metrics: Arc<Metrics>, dynamic: Dynamic) -> Self {
+    pub fn new(
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+        identity: Option<Introspector>,
+        dynamic: Dynamic,
+    ) -> Self {
         Self {
             client,
             metrics,
+            identity,
+            limiter: Limiter::new(dynamic.cfg.quotas.max_tracked_budgets),
             dynamic: RwLock::new(Arc::new(dynamic)),
         }
     }
@@ -125,6 +147,37 @@ struct Completion {
     error: Option<&'static str>,
     _permit: Option<OwnedSemaphorePermit>,
     recorded: bool,
+    principal: Option<Arc<Principal>>,
+    /// The tightest quota budget of this request, for RateLimit headers (and 429s).
+    quota: Option<QuotaState>,
+}
+
+#[derive(Debug, Clone)]
+struct QuotaState {
+    metric: Metric,
+    limit: u64,
+    remaining: u64,
+    reset_seconds: u64,
+    retry_after_seconds: Option<u64>,
+}
+
+impl QuotaState {
+    fn headers(&self, h: &mut http::HeaderMap) {
+        let window = self.metric.window().as_secs();
+        let policy = format!("{};w={window}", self.limit);
+        let now = format!(
+            "limit={}, remaining={}, reset={}",
+            self.limit, self.remaining, self.reset_seconds
+        );
+        for (name, v) in [("ratelimit-policy", policy), ("ratelimit", now)] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(name, v);
+            }
+        }
+        if let Some(r) = self.retry_after_seconds {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(r));
+        }
+    }
 }
 
 impl OnEnd for Completion {
@@ -221,9 +274,9 @@ impl Completion {
                 trace_id: &self.ids.trace_id,
                 span_id: &self.ids.span_id,
                 parent_span_id: self.ids.parent_span_id.as_deref(),
-                user_id: None,
-                workspace_id: None,
-                organization_id: None,
+                user_id: self.principal.as_ref().map(|p| p.user_id.as_str()),
+                workspace_id: self.principal.as_ref().map(|p| p.workspace_id.as_str()),
+                organization_id: self.principal.as_ref().map(|p| p.organization_id.as_str()),
                 route: class,
                 method: self.method.as_str(),
                 path: &self.path,
@@ -297,6 +350,8 @@ pub async fn handle(
         error: None,
         _permit: None,
         recorded: false,
+        principal: None,
+        quota: None,
     };
 
     let resp = match forward_request(&proxy, &dynamic, &ids, conn, req, &bytes_in, &mut done).await
@@ -304,10 +359,24 @@ pub async fn handle(
         Ok(r) => r,
         Err((status, code, message)) => {
             done.error = Some(code);
-            full(json_error(status, code, message, &ids.request_id))
+            let mut extra = serde_json::Map::new();
+            if let Some(q) = done
+                .quota
+                .as_ref()
+                .filter(|q| q.retry_after_seconds.is_some())
+            {
+                extra.insert("metric".into(), q.metric.name().into());
+                extra.insert("limit".into(), q.limit.into());
+                extra.insert("remaining".into(), 0.into());
+                extra.insert("retry_after_seconds".into(), q.retry_after_seconds.into());
+            }
+            full(json_error(status, code, message, &ids.request_id, extra))
         }
     };
     let (mut parts, body) = resp.into_parts();
+    if let Some(q) = &done.quota {
+        q.headers(&mut parts.headers);
+    }
     if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
         parts.headers.insert("x-request-id", v);
     }
@@ -347,6 +416,7 @@ async fn forward_request(
         }
     };
     done._permit = Some(permit);
+    admit(proxy, dynamic, &req, done).await?;
     let max_body = dynamic.cfg.limits.max_body_bytes;
     let declared = req
         .headers()
@@ -499,4 +569,104 @@ fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// Identity, then quotas (DESIGN §3 steps 5–6). Unknown keys are refused before any
+/// budget is spent; a refused request spends nothing either.
+async fn admit(
+    proxy: &Proxy,
+    dynamic: &Dynamic,
+    req: &Request<Incoming>,
+    done: &mut Completion,
+) -> Result<(), Refusal> {
+    let Some(identity) = &proxy.identity else {
+        return Ok(());
+    };
+    if dynamic
+        .anonymous
+        .iter()
+        .any(|p| p.matches(req.method(), req.uri().path()))
+    {
+        return Ok(());
+    }
+    let principal = match identity
+        .resolve(req.headers(), &proxy.client, &dynamic.upstream)
+        .await
+    {
+        Outcome::Principal(p) => p,
+        Outcome::Unauthenticated => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+            ));
+        }
+        Outcome::Unavailable(why) => {
+            crate::log::warn("identity.unavailable", &why);
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identity_unavailable",
+                "the caller's identity cannot be checked right now; retry shortly",
+            ));
+        }
+    };
+    done.principal = Some(Arc::clone(&principal));
+    let Some(policy) = &dynamic.policy else {
+        return Ok(());
+    };
+    let budgets: Vec<Budget> = Metric::for_class(done.class)
+        .iter()
+        .filter_map(|m| {
+            policy
+                .limit(
+                    &principal.plan,
+                    &principal.organization_id,
+                    &principal.workspace_id,
+                    *m,
+                )
+                .map(|limit| Budget {
+                    workspace_id: principal.workspace_id.clone(),
+                    metric: *m,
+                    limit,
+                })
+        })
+        .collect();
+    if budgets.is_empty() {
+        return Ok(());
+    }
+    match proxy.limiter.check(&budgets) {
+        Decision::Allowed { tightest } => {
+            done.quota = tightest.map(|(b, remaining, reset_seconds)| QuotaState {
+                metric: b.metric,
+                limit: b.limit,
+                remaining,
+                reset_seconds,
+                retry_after_seconds: None,
+            });
+            Ok(())
+        }
+        Decision::Refused {
+            budget,
+            retry_after,
+        } => {
+            let retry = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            proxy.metrics.quota_exceeded(
+                &budget.workspace_id,
+                budget.metric.name(),
+                dynamic.cfg.quotas.max_workspace_labels,
+            );
+            done.quota = Some(QuotaState {
+                metric: budget.metric,
+                limit: budget.limit,
+                remaining: 0,
+                reset_seconds: retry,
+                retry_after_seconds: Some(retry),
+            });
+            Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                "this workspace has used its quota; retry after the indicated time",
+            ))
+        }
+    }
 }

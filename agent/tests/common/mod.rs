@@ -146,6 +146,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 impl Agent {
     pub fn start(upstream: &str, yaml: &str) -> Self {
+        Self::start_env(upstream, yaml, &[])
+    }
+
+    pub fn start_env(upstream: &str, yaml: &str, env: &[(&str, &str)]) -> Self {
         let dir = temp_dir("agent");
         let cfg = dir.join("agent.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -161,6 +165,7 @@ impl Agent {
                 "--config",
             ])
             .arg(&cfg)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,226 @@
+//! Who is calling, decided at the edge (DESIGN §3 step 5). Provider `introspect` asks
+//! rag-core's `/internal/v1/principal` once per key and caches the answer: positive
+//! answers for `cache_ttl_seconds`, unknown keys for `negative_cache_ttl_seconds`, many
+//! concurrent misses for one key share one lookup, and the cache never holds more than
+//! `cache_max_entries`. Keys are held only as SHA-256 digests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Empty};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::config::IdentityConfig;
+use crate::proxy::forward::{Upstream, UpstreamClient};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Usage {
+    pub chunk_total: i64,
+    pub chunk_limit: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Principal {
+    pub user_id: String,
+    pub workspace_id: String,
+    pub organization_id: String,
+    pub plan: String,
+    pub billing_status: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone)]
+enum Lookup {
+    Found(Arc<Principal>),
+    Unknown,
+    /// rag-core unreachable or answered oddly: not cached, the next request retries.
+    Failed(String),
+}
+
+pub enum Outcome {
+    Principal(Arc<Principal>),
+    /// No key, or a key rag-core does not know (401 before any quota is spent).
+    Unauthenticated,
+    Unavailable(String),
+}
+
+struct Entry {
+    cell: Arc<OnceCell<Lookup>>,
+    created: Instant,
+}
+
+pub struct Introspector {
+    cfg: IdentityConfig,
+    token: String,
+    cache: Mutex<HashMap<[u8; 32], Entry>>,
+}
+
+/// The key a client presented: `Authorization: Bearer` or `X-API-Key`.
+pub fn presented_key(h: &HeaderMap) -> Option<&str> {
+    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim()).filter(|v| !v.is_empty());
+    }
+    let auth = h.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl Introspector {
+    pub fn new(cfg: IdentityConfig, token: String) -> Self {
+        Self {
+            cfg,
+            token,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ttl(&self, l: &Lookup) -> Duration {
+        match l {
+            Lookup::Found(_) => Duration::from_secs(self.cfg.cache_ttl_seconds),
+            _ => Duration::from_secs(self.cfg.negative_cache_ttl_seconds),
+        }
+    }
+
+    fn cell_for(&self, digest: [u8; 32]) -> Arc<OnceCell<Lookup>> {
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        if let Some(e) = cache.get(&digest) {
+            let fresh = match e.cell.get() {
+                Some(l) => now.duration_since(e.created) < self.ttl(l),
+                None => true, // a lookup is under way: join it
+            };
+            if fresh {
+                return Arc::clone(&e.cell);
+            }
+        }
+        if cache.len() >= self.cfg.cache_max_entries {
+            cache.retain(|_, e| {
+                e.cell
+                    .get()
+                    .is_none_or(|l| now.duration_since(e.created) < self.ttl(l))
+            });
+            if cache.len() >= self.cfg.cache_max_entries {
+                // Still full of live entries: drop half rather than grow.
+                let drop: Vec<[u8; 32]> = cache.keys().take(cache.len() / 2 + 1).copied().collect();
+                for k in drop {
+                    cache.remove(&k);
+                }
+            }
+        }
+        let cell = Arc::new(OnceCell::new());
+        cache.insert(
+            digest,
+            Entry {
+                cell: Arc::clone(&cell),
+                created: now,
+            },
+        );
+        cell
+    }
+
+    fn forget(&self, digest: &[u8; 32]) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(digest);
+        }
+    }
+
+    pub fn cached_entries(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub async fn resolve(
+        &self,
+        headers: &HeaderMap,
+        client: &UpstreamClient,
+        upstream: &Upstream,
+    ) -> Outcome {
+        let Some(key) = presented_key(headers) else {
+            return Outcome::Unauthenticated;
+        };
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let cell = self.cell_for(digest);
+        let lookup = cell
+            .get_or_init(|| self.lookup(key, client, upstream))
+            .await
+            .clone();
+        match lookup {
+            Lookup::Found(p) => Outcome::Principal(p),
+            Lookup::Unknown => Outcome::Unauthenticated,
+            Lookup::Failed(why) => {
+                self.forget(&digest);
+                Outcome::Unavailable(why)
+            }
+        }
+    }
+
+    async fn lookup(&self, key: &str, client: &UpstreamClient, upstream: &Upstream) -> Lookup {
+        let Ok(uri) = upstream.uri_for(&self.cfg.introspect_path) else {
+            return Lookup::Failed("bad introspect path".into());
+        };
+        let req = http::Request::get(uri)
+            .header("x-api-key", key)
+            .header("x-internal-token", &self.token)
+            .header("x-request-id", minirag_contracts::ids::new_request_id())
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+        let Ok(req) = req else { return Lookup::Unknown };
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        let resp = match tokio::time::timeout(timeout, client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Lookup::Failed(format!("principal lookup failed: {e}")),
+            Err(_) => return Lookup::Failed("principal lookup timed out".into()),
+        };
+        let status = resp.status();
+        let Ok(body) = tokio::time::timeout(timeout, resp.into_body().collect()).await else {
+            return Lookup::Failed("principal lookup body timed out".into());
+        };
+        let Ok(body) = body else {
+            return Lookup::Failed("principal lookup body failed".into());
+        };
+        match status.as_u16() {
+            200 => match serde_json::from_slice::<Principal>(&body.to_bytes()) {
+                Ok(p) => Lookup::Found(Arc::new(p)),
+                Err(e) => Lookup::Failed(format!("principal response unreadable: {e}")),
+            },
+            401 => Lookup::Unknown,
+            403 => Lookup::Failed(
+                "rag-core refused the internal token (check MINIRAG_INTERNAL_TOKEN)".into(),
+            ),
+            s => Lookup::Failed(format!("principal lookup answered HTTP {s}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert!(presented_key(&h).is_none());
+        h.insert("authorization", "Bearer  mrk_x ".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("mrk_x"));
+        h.insert("x-api-key", "mrk_y".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("mrk_y"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert!(presented_key(&h).is_none());
+    }
+}

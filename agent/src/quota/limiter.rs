@@ -1,0 +1,167 @@
+//! GCRA (generic cell rate algorithm): each budget is one number, the theoretical arrival
+//! time (TAT). A limit of L per window W admits a burst of L, then one request every W/L.
+//! All the budgets a request counts against are checked and advanced under one lock, so
+//! concurrent requests can never overshoot and a refused request consumes nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::policy::Metric;
+
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub workspace_id: String,
+    pub metric: Metric,
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Allowed; the tightest budget's (limit, remaining, seconds until full).
+    Allowed {
+        tightest: Option<(Budget, u64, u64)>,
+    },
+    Refused {
+        budget: Budget,
+        retry_after: Duration,
+    },
+}
+
+pub struct Limiter {
+    start: Instant,
+    /// (workspace, metric) → TAT in nanoseconds since `start`.
+    tat: Mutex<HashMap<(String, Metric), u128>>,
+    max_budgets: usize,
+}
+
+impl Limiter {
+    pub fn new(max_budgets: usize) -> Self {
+        Self {
+            start: Instant::now(),
+            tat: Mutex::new(HashMap::new()),
+            max_budgets: max_budgets.max(1),
+        }
+    }
+
+    pub fn check(&self, budgets: &[Budget]) -> Decision {
+        self.check_at(budgets, Instant::now())
+    }
+
+    pub fn check_at(&self, budgets: &[Budget], now: Instant) -> Decision {
+        let now = now.saturating_duration_since(self.start).as_nanos();
+        let mut map = match self.tat.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut next = Vec::with_capacity(budgets.len());
+        let mut tightest: Option<(Budget, u64, u64)> = None;
+        for b in budgets {
+            let window = b.metric.window().as_nanos();
+            let interval = window / u128::from(b.limit.max(1));
+            let tat = map
+                .get(&(b.workspace_id.clone(), b.metric))
+                .copied()
+                .unwrap_or(0)
+                .max(now);
+            let new_tat = tat + interval;
+            // Allowed while the new TAT stays within one window of now.
+            if new_tat > now + window {
+                let retry = new_tat - window - now;
+                return Decision::Refused {
+                    budget: b.clone(),
+                    retry_after: Duration::from_nanos(retry as u64),
+                };
+            }
+            let remaining = ((now + window - new_tat) / interval) as u64;
+            let reset = ((new_tat - now) as f64 / 1e9).ceil() as u64;
+            if tightest.as_ref().is_none_or(|t| remaining < t.1) {
+                tightest = Some((b.clone(), remaining, reset));
+            }
+            next.push(((b.workspace_id.clone(), b.metric), new_tat));
+        }
+        if map.len() + next.len() > self.max_budgets {
+            // A TAT in the past is the same as no entry: drop those first.
+            map.retain(|_, tat| *tat > now);
+        }
+        if map.len() + next.len() <= self.max_budgets {
+            for (k, v) in next {
+                map.insert(k, v);
+            }
+        }
+        Decision::Allowed { tightest }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(limit: u64) -> Budget {
+        Budget {
+            workspace_id: "ws".into(),
+            metric: Metric::RequestsPerMinute,
+            limit,
+        }
+    }
+
+    #[test]
+    fn burst_of_limit_then_one_per_interval() {
+        let l = Limiter::new(100);
+        let t0 = Instant::now();
+        let b = [budget(6)];
+        for i in 0..6 {
+            assert!(
+                matches!(l.check_at(&b, t0), Decision::Allowed { .. }),
+                "request {i}"
+            );
+        }
+        match l.check_at(&b, t0) {
+            Decision::Refused { retry_after, .. } => assert!(
+                retry_after <= Duration::from_secs(10) && retry_after > Duration::from_secs(9)
+            ),
+            d => panic!("{d:?}"),
+        }
+        // 60 s / 6 = 10 s later one more is allowed.
+        assert!(matches!(
+            l.check_at(&b, t0 + Duration::from_secs(10)),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            l.check_at(&b, t0 + Duration::from_secs(10)),
+            Decision::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refused_request_consumes_no_budget() {
+        let l = Limiter::new(100);
+        let t0 = Instant::now();
+        let loose = Budget {
+            workspace_id: "ws".into(),
+            metric: Metric::RequestsPerDay,
+            limit: 1000,
+        };
+        let tight = Budget {
+            workspace_id: "ws".into(),
+            metric: Metric::AskPerMinute,
+            limit: 1,
+        };
+        assert!(matches!(
+            l.check_at(&[loose.clone(), tight.clone()], t0),
+            Decision::Allowed { .. }
+        ));
+        for _ in 0..5 {
+            assert!(matches!(
+                l.check_at(&[loose.clone(), tight.clone()], t0),
+                Decision::Refused { .. }
+            ));
+        }
+        match l.check_at(std::slice::from_ref(&loose), t0) {
+            Decision::Allowed {
+                tightest: Some((_, remaining, _)),
+            } => assert_eq!(remaining, 998),
+            d => panic!("{d:?}"),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `config/quotas.yaml`: limits per plan, overridden per organization, then per workspace.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::proxy::routes::RouteClass;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    RequestsPerMinute,
+    RequestsPerDay,
+    AskPerMinute,
+    IngestPerHour,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "requests_per_minute",
+            Self::RequestsPerDay => "requests_per_day",
+            Self::AskPerMinute => "ask_per_minute",
+            Self::IngestPerHour => "ingest_per_hour",
+        }
+    }
+
+    pub fn window(self) -> Duration {
+        match self {
+            Self::RequestsPerMinute | Self::AskPerMinute => Duration::from_secs(60),
+            Self::IngestPerHour => Duration::from_secs(3600),
+            Self::RequestsPerDay => Duration::from_secs(86_400),
+        }
+    }
+
+    /// The metrics a request of this class counts against.
+    pub fn for_class(class: RouteClass) -> &'static [Metric] {
+        match class {
+            RouteClass::Ask => &[
+                Self::RequestsPerMinute,
+                Self::RequestsPerDay,
+                Self::AskPerMinute,
+            ],
+            RouteClass::Ingest => &[
+                Self::RequestsPerMinute,
+                Self::RequestsPerDay,
+                Self::IngestPerHour,
+            ],
+            _ => &[Self::RequestsPerMinute, Self::RequestsPerDay],
+        }
+    }
+}
+
+/// Limits of one plan or override; unset = unlimited (or inherited, for overrides).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub ask_per_minute: Option<u64>,
+    pub ingest_per_hour: Option<u64>,
+}
+
+impl Limits {
+    fn get(&self, m: Metric) -> Option<u64> {
+        match m {
+            Metric::RequestsPerMinute => self.requests_per_minute,
+            Metric::RequestsPerDay => self.requests_per_day,
+            Metric::AskPerMinute => self.ask_per_minute,
+            Metric::IngestPerHour => self.ingest_per_hour,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Plan name (as rag-core reports it) → limits.
+    pub plans: HashMap<String, Limits>,
+    /// Used for a plan the policy does not name.
+    pub default_plan: Option<String>,
+    /// organization_id → limits that replace the plan's, metric by metric.
+    pub organizations: HashMap<String, Limits>,
+    /// workspace_id → limits that replace the organization's and plan's.
+    pub workspaces: HashMap<String, Limits>,
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let p: Policy = minirag_contracts::yaml::from_file(path).map_err(|e| e.to_string())?;
+        for (name, l) in p.plans.iter().chain(&p.organizations).chain(&p.workspaces) {
+            for v in [
+                l.requests_per_minute,
+                l.requests_per_day,
+                l.ask_per_minute,
+                l.ingest_per_hour,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if v == 0 {
+                    return Err(format!(
+                        "{}: {name}: a limit of 0 would refuse everything; remove the key or use 1",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &p.default_plan
+            && !p.plans.contains_key(d)
+        {
+            return Err(format!(
+                "{}: default_plan {d:?} is not among plans",
+                path.display()
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The limit for one metric, most specific first: workspace, organization, plan.
+    pub fn limit(
+        &self,
+        plan: &str,
+        organization_id: &str,
+        workspace_id: &str,
+        m: Metric,
+    ) -> Option<u64> {
+        let plan_limits = self
+            .plans
+            .get(plan)
+            .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d)));
+        self.workspaces
+            .get(workspace_id)
+            .and_then(|l| l.get(m))
+            .or_else(|| {
+                self.organizations
+                    .get(organization_id)
+                    .and_then(|l| l.get(m))
+            })
+            .or_else(|| plan_limits.and_then(|l| l.get(m)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_policy_example_loads() {
+        let p = Policy::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/quotas.yaml"
+        )))
+        .unwrap();
+        assert_eq!(p.limit("free", "o", "w", Metric::AskPerMinute), Some(30));
+        assert_eq!(
+            p.limit("mystery", "o", "w", Metric::RequestsPerMinute),
+            Some(120)
+        );
+    }
+
+    #[test]
+    fn most_specific_limit_wins() {
+        let p: Policy = serde_yaml::from_str(
+            "plans:\n  free: {requests_per_minute: 10, ask_per_minute: 2}\ndefault_plan: free\norganizations:\n  org_a: {requests_per_minute: 100}\nworkspaces:\n  ws_b: {ask_per_minute: 50}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.limit("free", "org_x", "ws_x", Metric::RequestsPerMinute),
+            Some(10)
+        );
+        assert_eq!(
+            p.limit("free", "org_a", "ws_x", Metric::RequestsPerMinute),
+            Some(100)
+        );
+        assert_eq!(
+            p.limit("free", "org_a", "ws_b", Metric::AskPerMinute),
+            Some(50)
+        );
+        assert_eq!(
+            p.limit("unknown_plan", "org_x", "ws_x", Metric::AskPerMinute),
+            Some(2)
+        );
+        assert_eq!(
+            p.limit("free", "org_x", "ws_x", Metric::IngestPerHour),
+            None
+        );
+    }
+}
