@@ -40,6 +40,10 @@ pub fn info_with(event: &str, message: &str, extra: Value) {
     write("INFO", event, message, extra);
 }
 
+pub fn warn_with(event: &str, message: &str, extra: Value) {
+    write("WARN", event, message, extra);
+}
+
 pub fn warn(event: &str, message: &str) {
     write("WARN", event, message, json!({}));
 }

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     pub ready: Gauge,
     pub quota_exceeded_total: Family<QuotaLabels, Counter>,
+    pub quota_usage: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub quota_ratio: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// workspace_id values already used as labels (bounded by `max_workspace_labels`).
     quota_label_set: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -135,6 +137,10 @@ impl Metrics {
         let access_log_dropped = Counter::default();
         let ready = Gauge::default();
         let quota_exceeded_total = Family::<QuotaLabels, Counter>::default();
+        let quota_usage =
+            Family::<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let quota_ratio =
+            Family::<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "ask_requests",
             "Ask requests through the agent by outcome and status",
@@ -185,6 +191,16 @@ impl Metrics {
             "quota_exceeded",
             "Requests refused with 429 by a rate quota, by workspace (overflow: other) and metric",
             quota_exceeded_total.clone(),
+        );
+        registry.register(
+            "workspace_quota_usage",
+            "Used part of a workspace quota at its last request (requests in the window, or chunks)",
+            quota_usage.clone(),
+        );
+        registry.register(
+            "workspace_quota_ratio",
+            "Used share of a workspace quota at its last request (0..1)",
+            quota_ratio.clone(),
         );
         registry.register(
             "minirag_agent_ready",
@@ -240,6 +256,8 @@ impl Metrics {
             access_log_dropped,
             ready,
             quota_exceeded_total,
+            quota_usage,
+            quota_ratio,
             quota_label_set: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -247,7 +265,33 @@ impl Metrics {
     /// Counts a refusal; past `cap` distinct workspaces the label becomes `other`, so a
     /// flood of tenants cannot blow up the series count.
     pub fn quota_exceeded(&self, workspace_id: &str, metric: &'static str, cap: usize) {
-        let label = match self.quota_label_set.lock() {
+        let workspace_id = self.workspace_label(workspace_id, cap);
+        self.quota_exceeded_total
+            .get_or_create(&QuotaLabels {
+                workspace_id,
+                metric,
+            })
+            .inc();
+    }
+
+    pub fn quota_level(
+        &self,
+        workspace_id: &str,
+        metric: &'static str,
+        used: f64,
+        ratio: f64,
+        cap: usize,
+    ) {
+        let labels = QuotaLabels {
+            workspace_id: self.workspace_label(workspace_id, cap),
+            metric,
+        };
+        self.quota_usage.get_or_create(&labels).set(used);
+        self.quota_ratio.get_or_create(&labels).set(ratio);
+    }
+
+    fn workspace_label(&self, workspace_id: &str, cap: usize) -> String {
+        match self.quota_label_set.lock() {
             Ok(mut set) => {
                 if set.contains(workspace_id) || set.len() < cap {
                     set.insert(workspace_id.to_string());
@@ -257,13 +301,7 @@ impl Metrics {
                 }
             }
             Err(_) => "other".to_string(),
-        };
-        self.quota_exceeded_total
-            .get_or_create(&QuotaLabels {
-                workspace_id: label,
-                metric,
-            })
-            .inc();
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -5,7 +5,7 @@
 //! problem, and the running config stays.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,63 +111,58 @@ fn apply(source: &ConfigSource, proxy: &Proxy) {
     }
 }
 
-/// Starts watching; returns at once. Nothing to watch for a fixed config.
+fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Starts watching the config file and the quota policy file; returns at once. SIGHUP
+/// reloads both. With neither file, SIGHUP is only logged (it must never end the process).
 pub fn watch(source: ConfigSource, proxy: Arc<Proxy>) {
-    let Some(file) = source.file.clone() else {
-        // SIGHUP must never end the process, even with nothing to reload.
-        tokio::spawn(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let Ok(mut hup) = signal(SignalKind::hangup()) {
-                while hup.recv().await.is_some() {
-                    crate::log::info(
-                        "config.reload_skipped",
-                        "SIGHUP received, but no config file was given",
-                    );
-                }
-            }
-        });
-        return;
-    };
+    let policy = proxy.current().cfg.quotas.policy_file.clone();
+    let files: Vec<PathBuf> = source.file.iter().cloned().chain(policy).collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    // Watch the directory: editors and Kubernetes ConfigMaps replace the file by rename.
-    let dir = file.parent().map(|d| {
-        if d.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            d.to_path_buf()
-        }
-    });
-    let name = file.file_name().map(|n| n.to_owned());
+    let names: Vec<std::ffi::OsString> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_owned()))
+        .collect();
     let fs_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == name.as_deref() || p.ends_with("..data"))
-        {
-            let _ = fs_tx.try_send(());
-        }
-    });
-    let watcher = match (watcher, dir) {
-        (Ok(mut w), Some(d)) => match w.watch(&d, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
+    let watcher = if files.is_empty() {
+        None
+    } else {
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Editors and Kubernetes ConfigMaps replace files by rename (`..data` swaps), so
+            // the directories are watched and events filtered by name.
+            if let Ok(ev) = res
+                && ev.paths.iter().any(|p| {
+                    p.ends_with("..data")
+                        || p.file_name().is_some_and(|n| names.iter().any(|x| x == n))
+                })
+            {
+                let _ = fs_tx.try_send(());
+            }
+        }) {
+            Ok(mut w) => {
+                for dir in files.iter().map(|f| parent_dir(f)) {
+                    if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                        crate::log::warn(
+                            "config.watch_failed",
+                            &format!("cannot watch {}: {e}; SIGHUP still reloads", dir.display()),
+                        );
+                    }
+                }
+                Some(w)
+            }
             Err(e) => {
                 crate::log::warn(
                     "config.watch_failed",
-                    &format!("cannot watch {}: {e}; SIGHUP still reloads", d.display()),
+                    &format!("file watching unavailable: {e}; SIGHUP still reloads"),
                 );
                 None
             }
-        },
-        (Err(e), _) => {
-            crate::log::warn(
-                "config.watch_failed",
-                &format!("file watching unavailable: {e}; SIGHUP still reloads"),
-            );
-            None
         }
-        (_, None) => None,
     };
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -177,6 +172,13 @@ pub fn watch(source: ConfigSource, proxy: Arc<Proxy>) {
             tokio::select! {
                 got = rx.recv() => if got.is_none() { return },
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            if files.is_empty() {
+                crate::log::info(
+                    "config.reload_skipped",
+                    "SIGHUP received, but no config or policy file was given",
+                );
+                continue;
             }
             // Let a burst of events (write + rename + chmod) settle into one reload.
             tokio::time::sleep(Duration::from_millis(200)).await;

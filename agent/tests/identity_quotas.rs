@@ -36,6 +36,7 @@ struct RagCore {
     child: Child,
     base: String,
     key: String,
+    workspace_id: String,
 }
 
 impl Drop for RagCore {
@@ -48,15 +49,22 @@ impl Drop for RagCore {
 fn start_rag_core() -> RagCore {
     let bin = rag_core_bin();
     let dir = temp_dir("ragcore");
+    // A tiny chunk quota so the storage check at the edge can be reached.
+    let cfg = dir.join("rag-core.yaml");
+    std::fs::write(&cfg, "tenancy:\n  chunk_limit_free: 2\n").unwrap();
     let out = Command::new(&bin)
-        .args(["admin", "bootstrap", "--json", "--data-dir"])
+        .args(["admin", "bootstrap", "--json", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
         .arg(&dir)
         .output()
         .unwrap();
     assert!(out.status.success());
     let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut child = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
         .arg(&dir)
         .env("MINIRAG_INTERNAL_TOKEN", TOKEN)
         .stdout(Stdio::piped())
@@ -81,6 +89,7 @@ fn start_rag_core() -> RagCore {
         child,
         base: format!("http://{addr}"),
         key: boot["api_key"].as_str().unwrap().to_string(),
+        workspace_id: boot["workspace_id"].as_str().unwrap().to_string(),
     }
 }
 
@@ -224,6 +233,85 @@ async fn unknown_keys_are_refused_and_quotas_are_exact_under_concurrency() {
             .starts_with("org_")
     );
     assert!(line["user_id"].as_str().unwrap().starts_with("usr_"));
+
+    // Usage crossed 0.9 of the limit once: one threshold event for that workspace.
+    let thresholds = agent
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("\"quota.threshold\"") && l.contains(&rag.workspace_id))
+        .count();
+    assert_eq!(thresholds, 1);
+    let exceeded = agent
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("\"quota.exceeded\""))
+        .count();
+    assert_eq!(exceeded, 1, "15 refusals, one rate-limited log line");
+
+    // A policy change applies live.
+    std::fs::write(&policy, "plans:\n  free:\n    requests_per_minute: 1000\n").unwrap();
+    let mut lifted = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.get(agent.url("/api/v1/sources"))
+            .bearer_auth(&rag.key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            lifted = true;
+            break;
+        }
+    }
+    assert!(lifted, "raised limit applied without restart");
+
+    // Storage: 2 chunks fill this workspace; the edge refuses further ingest early.
+    let two = json!({"documents": [{"text": "First fact about otters."}, {"text": "Second fact about beavers."}]});
+    let r = c
+        .post(format!("{}/api/v1/ingest/text", rag.base))
+        .bearer_auth(&rag.key)
+        .json(&two)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await; // principal cache TTL
+    let r = c
+        .post(agent.url("/api/v1/ingest/text"))
+        .bearer_auth(&rag.key)
+        .json(&json!({"documents": [{"text": "Third."}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["error"].as_str(),
+            v["metric"].as_str(),
+            v["limit"].as_u64()
+        ),
+        (Some("quota_exceeded"), Some("chunk_storage"), Some(2))
+    );
+    let m = c
+        .get(format!("{}/metrics", agent.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("workspace_quota_ratio{workspace_id=\"ws_")
+            && m.contains("metric=\"chunk_storage\"} 1.0"),
+        "{m}"
+    );
 
     // A revoked key stops working at the edge within the cache TTL (1 s here).
     let r = c

@@ -27,6 +27,7 @@ use crate::metrics::{
     AskLabels, ClassLabels, HttpLabels, IngestLabels, IngestLatencyLabels, Metrics, OutcomeLabels,
     UpstreamErrorLabels, outcome,
 };
+use crate::quota::events::QuotaEvents;
 use crate::quota::limiter::Budget;
 use crate::quota::{Decision, Limiter, Metric, Policy};
 use crate::telemetry::RequestIds;
@@ -38,6 +39,7 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub identity: Option<Introspector>,
     pub limiter: Limiter,
+    pub quota_events: QuotaEvents,
     dynamic: RwLock<Arc<Dynamic>>,
 }
 
@@ -101,6 +103,7 @@ impl Proxy {
             metrics,
             identity,
             limiter: Limiter::new(dynamic.cfg.quotas.max_tracked_budgets),
+            quota_events: QuotaEvents::new(dynamic.cfg.quotas.max_tracked_budgets),
             dynamic: RwLock::new(Arc::new(dynamic)),
         }
     }
@@ -150,6 +153,8 @@ struct Completion {
     principal: Option<Arc<Principal>>,
     /// The tightest quota budget of this request, for RateLimit headers (and 429s).
     quota: Option<QuotaState>,
+    /// Fields added to the agent's own error body (quota: metric, limit, remaining, …).
+    error_extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +357,7 @@ pub async fn handle(
         recorded: false,
         principal: None,
         quota: None,
+        error_extra: serde_json::Map::new(),
     };
 
     let resp = match forward_request(&proxy, &dynamic, &ids, conn, req, &bytes_in, &mut done).await
@@ -359,17 +365,7 @@ pub async fn handle(
         Ok(r) => r,
         Err((status, code, message)) => {
             done.error = Some(code);
-            let mut extra = serde_json::Map::new();
-            if let Some(q) = done
-                .quota
-                .as_ref()
-                .filter(|q| q.retry_after_seconds.is_some())
-            {
-                extra.insert("metric".into(), q.metric.name().into());
-                extra.insert("limit".into(), q.limit.into());
-                extra.insert("remaining".into(), 0.into());
-                extra.insert("retry_after_seconds".into(), q.retry_after_seconds.into());
-            }
+            let extra = std::mem::take(&mut done.error_extra);
             full(json_error(status, code, message, &ids.request_id, extra))
         }
     };
@@ -614,18 +610,51 @@ async fn admit(
     let Some(policy) = &dynamic.policy else {
         return Ok(());
     };
+    let cap = dynamic.cfg.quotas.max_workspace_labels;
+    let ws = principal.workspace_id.as_str();
+    if done.class == RouteClass::Ingest {
+        // Early refusals for ingest; rag-core remains the final judge of both.
+        if policy
+            .billing_blocked_statuses
+            .iter()
+            .any(|s| s == &principal.billing_status)
+        {
+            crate::log::warn_with(
+                "billing.blocked",
+                "ingest refused: the organization's billing status blocks it",
+                serde_json::json!({"workspace_id": ws, "organization_id": principal.organization_id, "billing_status": principal.billing_status}),
+            );
+            return Err((
+                StatusCode::PAYMENT_REQUIRED,
+                "billing_blocked",
+                "ingest is blocked by the organization's billing status",
+            ));
+        }
+        let usage = &principal.usage;
+        if usage.chunk_limit > 0 {
+            let ratio = usage.chunk_total as f64 / usage.chunk_limit as f64;
+            proxy
+                .metrics
+                .quota_level(ws, "chunk_storage", usage.chunk_total as f64, ratio, cap);
+            if usage.chunk_total >= usage.chunk_limit {
+                proxy.metrics.quota_exceeded(ws, "chunk_storage", cap);
+                log_exceeded(proxy, ws, "chunk_storage", usage.chunk_limit as u64);
+                done.error_extra = quota_fields("chunk_storage", usage.chunk_limit as u64, None);
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    "quota_exceeded",
+                    "this workspace has no chunk storage left",
+                ));
+            }
+        }
+    }
     let budgets: Vec<Budget> = Metric::for_class(done.class)
         .iter()
         .filter_map(|m| {
             policy
-                .limit(
-                    &principal.plan,
-                    &principal.organization_id,
-                    &principal.workspace_id,
-                    *m,
-                )
+                .limit(&principal.plan, &principal.organization_id, ws, *m)
                 .map(|limit| Budget {
-                    workspace_id: principal.workspace_id.clone(),
+                    workspace_id: ws.to_string(),
                     metric: *m,
                     limit,
                 })
@@ -636,13 +665,30 @@ async fn admit(
     }
     match proxy.limiter.check(&budgets) {
         Decision::Allowed { tightest } => {
-            done.quota = tightest.map(|(b, remaining, reset_seconds)| QuotaState {
-                metric: b.metric,
-                limit: b.limit,
-                remaining,
-                reset_seconds,
-                retry_after_seconds: None,
-            });
+            if let Some((b, remaining, reset_seconds)) = tightest {
+                let used = b.limit.saturating_sub(remaining);
+                let ratio = used as f64 / b.limit as f64;
+                proxy
+                    .metrics
+                    .quota_level(ws, b.metric.name(), used as f64, ratio, cap);
+                if proxy
+                    .quota_events
+                    .crossed(ws, b.metric.name(), ratio, policy.threshold_ratio)
+                {
+                    crate::log::warn_with(
+                        "quota.threshold",
+                        "workspace quota usage crossed the threshold",
+                        serde_json::json!({"workspace_id": ws, "organization_id": principal.organization_id, "metric": b.metric.name(), "ratio": ratio, "quota_context": {"limit": b.limit, "remaining": remaining}}),
+                    );
+                }
+                done.quota = Some(QuotaState {
+                    metric: b.metric,
+                    limit: b.limit,
+                    remaining,
+                    reset_seconds,
+                    retry_after_seconds: None,
+                });
+            }
             Ok(())
         }
         Decision::Refused {
@@ -650,11 +696,12 @@ async fn admit(
             retry_after,
         } => {
             let retry = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            proxy.metrics.quota_exceeded(
-                &budget.workspace_id,
-                budget.metric.name(),
-                dynamic.cfg.quotas.max_workspace_labels,
-            );
+            proxy.metrics.quota_exceeded(ws, budget.metric.name(), cap);
+            proxy
+                .metrics
+                .quota_level(ws, budget.metric.name(), budget.limit as f64, 1.0, cap);
+            log_exceeded(proxy, ws, budget.metric.name(), budget.limit);
+            done.error_extra = quota_fields(budget.metric.name(), budget.limit, Some(retry));
             done.quota = Some(QuotaState {
                 metric: budget.metric,
                 limit: budget.limit,
@@ -668,5 +715,31 @@ async fn admit(
                 "this workspace has used its quota; retry after the indicated time",
             ))
         }
+    }
+}
+
+fn quota_fields(
+    metric: &str,
+    limit: u64,
+    retry_after: Option<u64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("metric".into(), metric.into());
+    m.insert("limit".into(), limit.into());
+    m.insert("remaining".into(), 0.into());
+    m.insert("retry_after_seconds".into(), retry_after.into());
+    m
+}
+
+fn log_exceeded(proxy: &Proxy, ws: &str, metric: &'static str, limit: u64) {
+    if proxy
+        .quota_events
+        .should_log_exceeded(ws, metric, std::time::Instant::now())
+    {
+        crate::log::warn_with(
+            "quota.exceeded",
+            "workspace quota exceeded (logged at most every 10 s per workspace and metric)",
+            serde_json::json!({"workspace_id": ws, "metric": metric, "quota_context": {"limit": limit}}),
+        );
     }
 }

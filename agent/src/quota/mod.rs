@@ -2,6 +2,7 @@
 //! The policy says how much each plan may do, with per-organization and per-workspace
 //! overrides; the limiter enforces it exactly with GCRA.
 
+pub mod events;
 pub mod limiter;
 pub mod policy;
 

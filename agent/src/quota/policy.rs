@@ -73,9 +73,15 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
+    /// Billing statuses for which ingest is refused at the edge with 402 (rag-core stays
+    /// the final judge).
+    pub billing_blocked_statuses: Vec<String>,
+    /// Share of a quota at which `quota.threshold` is logged, once per upward crossing
+    /// (re-armed when usage falls below 0.8 of this).
+    pub threshold_ratio: f64,
     /// Plan name (as rag-core reports it) → limits.
     pub plans: HashMap<String, Limits>,
     /// Used for a plan the policy does not name.
@@ -84,6 +90,19 @@ pub struct Policy {
     pub organizations: HashMap<String, Limits>,
     /// workspace_id → limits that replace the organization's and plan's.
     pub workspaces: HashMap<String, Limits>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            billing_blocked_statuses: vec!["canceled".into(), "expired".into()],
+            threshold_ratio: 0.9,
+            plans: HashMap::new(),
+            default_plan: None,
+            organizations: HashMap::new(),
+            workspaces: HashMap::new(),
+        }
+    }
 }
 
 impl Policy {
@@ -106,6 +125,12 @@ impl Policy {
                     ));
                 }
             }
+        }
+        if !(p.threshold_ratio > 0.0 && p.threshold_ratio <= 1.0) {
+            return Err(format!(
+                "{}: threshold_ratio must be within (0, 1]",
+                path.display()
+            ));
         }
         if let Some(d) = &p.default_plan
             && !p.plans.contains_key(d)
