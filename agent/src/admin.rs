@@ -89,10 +89,7 @@ async fn route(
         (&Method::GET, "/config") => {
             // The config holds no secrets today (they are env-only); serialising the
             // effective config keeps this true by construction.
-            json(
-                StatusCode::OK,
-                serde_json::to_value(&state.proxy.current().cfg).unwrap_or_default(),
-            )
+            json(StatusCode::OK, redacted_config(&state.proxy.current().cfg))
         }
         (&Method::POST, "/shutdown") => {
             state.shutdown.notify_one();
@@ -123,4 +120,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 .await;
         });
     }
+}
+
+/// The effective config with credentials in URLs masked (a Redis URL may carry a
+/// password when set through the environment).
+fn redacted_config(cfg: &crate::config::AgentConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(url) = v.pointer_mut("/quotas/redis_url")
+        && let Some(s) = url.as_str()
+        && let Some((scheme, rest)) = s.split_once("://")
+        && let Some((_, host)) = rest.rsplit_once('@')
+    {
+        *url = serde_json::Value::from(format!("{scheme}://***@{host}"));
+    }
+    v
 }

@@ -287,11 +287,38 @@ impl Default for IdentityConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaBackend {
+    /// Budgets in this process (one replica).
+    Memory,
+    /// Budgets in Redis, shared by every agent replica pointing at it.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    /// Let requests through uncounted while Redis is unreachable (fail open).
+    Allow,
+    /// Refuse with 503 `quota_backend_unavailable` (fail closed).
+    Deny,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotasConfig {
     /// Quota policy (see `config/quotas.yaml`); unset = no rate quotas. Flag `--quotas`.
     pub policy_file: Option<PathBuf>,
+    pub backend: QuotaBackend,
+    /// `redis://host:port/db`; a password belongs in env `MINIRAG_AGENT_REDIS_URL`, which
+    /// overrides this.
+    pub redis_url: Option<String>,
+    /// Budget of one Redis round trip.
+    pub redis_timeout_ms: u64,
+    /// Prefix of the budget keys in Redis.
+    pub redis_key_prefix: String,
+    pub on_backend_error: OnBackendError,
     /// Distinct `workspace_id` label values on quota metrics; beyond it, `other`.
     pub max_workspace_labels: usize,
     /// Most (workspace, metric) budgets held in memory.
@@ -302,6 +329,11 @@ impl Default for QuotasConfig {
     fn default() -> Self {
         Self {
             policy_file: None,
+            backend: QuotaBackend::Memory,
+            redis_url: None,
+            redis_timeout_ms: 100,
+            redis_key_prefix: "minirag:quota:".into(),
+            on_backend_error: OnBackendError::Allow,
             max_workspace_labels: 1000,
             max_tracked_budgets: 100_000,
         }
@@ -344,6 +376,9 @@ impl AgentConfig {
         if let Some(v) = get("MINIRAG_AGENT_UPSTREAM") {
             self.upstream = v;
         }
+        if let Some(v) = get("MINIRAG_AGENT_REDIS_URL") {
+            self.quotas.redis_url = Some(v);
+        }
         Ok(())
     }
 
@@ -378,6 +413,15 @@ impl AgentConfig {
         for p in &self.identity.anonymous {
             crate::proxy::routes::Pattern::parse(p)
                 .map_err(|e| ConfigError::Invalid(format!("identity.anonymous: {e}")))?;
+        }
+        if self.quotas.backend == QuotaBackend::Redis
+            && !self
+                .quotas
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return bad("quotas.backend redis needs quotas.redis_url (or MINIRAG_AGENT_REDIS_URL) as redis://host:port".into());
         }
         if self.quotas.policy_file.is_some() && self.identity.provider == IdentityProvider::None {
             return bad(

@@ -55,12 +55,15 @@ pub async fn run(
             Some(identity::Introspector::new(cfg.identity.clone(), token))
         }
     };
-    let proxy = Arc::new(Proxy::new(
-        client(Duration::from_millis(cfg.timeouts.connect_ms)),
-        metrics,
-        identity,
-        dynamic,
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            client(Duration::from_millis(cfg.timeouts.connect_ms)),
+            metrics,
+            identity,
+            dynamic,
+        )
+        .map_err(RunError::Config)?,
+    );
     reload::watch(source, Arc::clone(&proxy));
 
     let tls = match &cfg.tls {

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     pub ready: Gauge,
     pub quota_exceeded_total: Family<QuotaLabels, Counter>,
+    pub quota_backend_errors: Counter,
+    pub quota_backend_up: Gauge,
     pub quota_usage: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub quota_ratio: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// workspace_id values already used as labels (bounded by `max_workspace_labels`).
@@ -137,6 +139,9 @@ impl Metrics {
         let access_log_dropped = Counter::default();
         let ready = Gauge::default();
         let quota_exceeded_total = Family::<QuotaLabels, Counter>::default();
+        let quota_backend_errors = Counter::default();
+        let quota_backend_up = Gauge::default();
+        quota_backend_up.set(1);
         let quota_usage =
             Family::<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let quota_ratio =
@@ -191,6 +196,16 @@ impl Metrics {
             "quota_exceeded",
             "Requests refused with 429 by a rate quota, by workspace (overflow: other) and metric",
             quota_exceeded_total.clone(),
+        );
+        registry.register(
+            "minirag_agent_quota_backend_errors",
+            "Quota checks that failed because the shared (Redis) backend did not answer",
+            quota_backend_errors.clone(),
+        );
+        registry.register(
+            "minirag_agent_quota_backend_up",
+            "1 while the quota backend answers (always 1 for the memory backend)",
+            quota_backend_up.clone(),
         );
         registry.register(
             "workspace_quota_usage",
@@ -256,6 +271,8 @@ impl Metrics {
             access_log_dropped,
             ready,
             quota_exceeded_total,
+            quota_backend_errors,
+            quota_backend_up,
             quota_usage,
             quota_ratio,
             quota_label_set: std::sync::Mutex::new(std::collections::HashSet::new()),

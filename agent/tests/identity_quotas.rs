@@ -2,96 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-
-const TOKEN: &str = "agent-test-internal-token-0123456789";
-
-/// The workspace's rag-core binary (built on demand when only this crate is tested).
-fn rag_core_bin() -> PathBuf {
-    let target = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = target.join("rag-core");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "rag-core", "--bin", "rag-core"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building rag-core failed");
-    }
-    bin
-}
-
-struct RagCore {
-    child: Child,
-    base: String,
-    key: String,
-    workspace_id: String,
-}
-
-impl Drop for RagCore {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_rag_core() -> RagCore {
-    let bin = rag_core_bin();
-    let dir = temp_dir("ragcore");
-    // A tiny chunk quota so the storage check at the edge can be reached.
-    let cfg = dir.join("rag-core.yaml");
-    std::fs::write(&cfg, "tenancy:\n  chunk_limit_free: 2\n").unwrap();
-    let out = Command::new(&bin)
-        .args(["admin", "bootstrap", "--json", "--config"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut child = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("MINIRAG_INTERNAL_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&l)
-                && v["event"] == "server.started"
-            {
-                let _ = tx.send(v["listen"].as_str().unwrap().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("rag-core started");
-    RagCore {
-        child,
-        base: format!("http://{addr}"),
-        key: boot["api_key"].as_str().unwrap().to_string(),
-        workspace_id: boot["workspace_id"].as_str().unwrap().to_string(),
-    }
-}
 
 #[tokio::test]
 async fn unknown_keys_are_refused_and_quotas_are_exact_under_concurrency() {

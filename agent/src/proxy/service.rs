@@ -29,7 +29,7 @@ use crate::metrics::{
 };
 use crate::quota::events::QuotaEvents;
 use crate::quota::limiter::Budget;
-use crate::quota::{Decision, Limiter, Metric, Policy};
+use crate::quota::{Backend, Decision, Metric, Policy};
 use crate::telemetry::RequestIds;
 
 /// What lives for the whole process: the upstream connection pool, the metrics, the
@@ -38,7 +38,7 @@ pub struct Proxy {
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
     pub identity: Option<Introspector>,
-    pub limiter: Limiter,
+    pub limiter: Backend,
     pub quota_events: QuotaEvents,
     dynamic: RwLock<Arc<Dynamic>>,
 }
@@ -97,15 +97,15 @@ impl Proxy {
         metrics: Arc<Metrics>,
         identity: Option<Introspector>,
         dynamic: Dynamic,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        Ok(Self {
+            limiter: Backend::new(&dynamic.cfg.quotas, Arc::clone(&metrics))?,
+            quota_events: QuotaEvents::new(dynamic.cfg.quotas.max_tracked_budgets),
             client,
             metrics,
             identity,
-            limiter: Limiter::new(dynamic.cfg.quotas.max_tracked_budgets),
-            quota_events: QuotaEvents::new(dynamic.cfg.quotas.max_tracked_budgets),
             dynamic: RwLock::new(Arc::new(dynamic)),
-        }
+        })
     }
 
     /// The config snapshot for a new request or connection.
@@ -663,7 +663,7 @@ async fn admit(
     if budgets.is_empty() {
         return Ok(());
     }
-    match proxy.limiter.check(&budgets) {
+    match proxy.limiter.check(&budgets).await {
         Decision::Allowed { tightest } => {
             if let Some((b, remaining, reset_seconds)) = tightest {
                 let used = b.limit.saturating_sub(remaining);
@@ -691,6 +691,11 @@ async fn admit(
             }
             Ok(())
         }
+        Decision::BackendDown => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "quota_backend_unavailable",
+            "quotas cannot be checked right now; retry shortly",
+        )),
         Decision::Refused {
             budget,
             retry_after,

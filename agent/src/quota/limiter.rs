@@ -26,6 +26,8 @@ pub enum Decision {
         budget: Budget,
         retry_after: Duration,
     },
+    /// The shared backend is unreachable and configured to fail closed.
+    BackendDown,
 }
 
 pub struct Limiter {

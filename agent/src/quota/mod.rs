@@ -1,10 +1,38 @@
 //! Rate quotas per workspace (DESIGN §2: the agent owns rate quotas, rag-core storage).
 //! The policy says how much each plan may do, with per-organization and per-workspace
-//! overrides; the limiter enforces it exactly with GCRA.
+//! overrides; a backend enforces it exactly with GCRA — in memory for one replica, in
+//! Redis when replicas must share one budget.
 
 pub mod events;
 pub mod limiter;
 pub mod policy;
+pub mod redis;
 
-pub use limiter::{Decision, Limiter};
+use std::sync::Arc;
+
+pub use limiter::{Budget, Decision, Limiter};
 pub use policy::{Metric, Policy};
+
+use crate::config::{QuotaBackend, QuotasConfig};
+use crate::metrics::Metrics;
+
+pub enum Backend {
+    Memory(Limiter),
+    Redis(redis::RedisLimiter),
+}
+
+impl Backend {
+    pub fn new(cfg: &QuotasConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        Ok(match cfg.backend {
+            QuotaBackend::Memory => Self::Memory(Limiter::new(cfg.max_tracked_budgets)),
+            QuotaBackend::Redis => Self::Redis(redis::RedisLimiter::new(cfg, metrics)?),
+        })
+    }
+
+    pub async fn check(&self, budgets: &[Budget]) -> Decision {
+        match self {
+            Self::Memory(l) => l.check(budgets),
+            Self::Redis(r) => r.check(budgets).await,
+        }
+    }
+}
