@@ -18,14 +18,14 @@ use crate::metrics::Metrics;
 
 pub enum Backend {
     Memory(Limiter),
-    Redis(redis::RedisLimiter),
+    Redis(Box<redis::RedisLimiter>),
 }
 
 impl Backend {
     pub fn new(cfg: &QuotasConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         Ok(match cfg.backend {
             QuotaBackend::Memory => Self::Memory(Limiter::new(cfg.max_tracked_budgets)),
-            QuotaBackend::Redis => Self::Redis(redis::RedisLimiter::new(cfg, metrics)?),
+            QuotaBackend::Redis => Self::Redis(Box::new(redis::RedisLimiter::new(cfg, metrics)?)),
         })
     }
 
