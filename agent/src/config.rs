@@ -253,6 +253,60 @@ pub enum IdentityProvider {
     None,
     /// Ask rag-core's `/internal/v1/principal` (needs `MINIRAG_INTERNAL_TOKEN`).
     Introspect,
+    /// Verify a JWT bearer token against `identity.jwt.jwks_file`.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// JWKS document with the accepted keys: `oct` (HS256), `RSA` (RS256), `EC` P-256 (ES256).
+    pub jwks_file: PathBuf,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required member of `aud`, if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// Plan when the token names none.
+    pub default_plan: String,
+    pub claims: ClaimNames,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            jwks_file: PathBuf::new(),
+            issuer: None,
+            audience: None,
+            leeway_seconds: 30,
+            default_plan: "free".into(),
+            claims: ClaimNames::default(),
+        }
+    }
+}
+
+/// Which claim carries each part of the principal.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    pub user_id: String,
+    pub workspace_id: String,
+    pub organization_id: String,
+    pub plan: String,
+    pub billing_status: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            user_id: "sub".into(),
+            workspace_id: "workspace_id".into(),
+            organization_id: "organization_id".into(),
+            plan: "plan".into(),
+            billing_status: "billing_status".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -271,6 +325,8 @@ pub struct IdentityConfig {
     pub timeout_ms: u64,
     /// Paths served without a key (same pattern syntax as routes).
     pub anonymous: Vec<String>,
+    /// For `provider: jwt`.
+    pub jwt: JwtConfig,
 }
 
 impl Default for IdentityConfig {
@@ -283,6 +339,7 @@ impl Default for IdentityConfig {
             cache_max_entries: 10_000,
             timeout_ms: 2_000,
             anonymous: vec!["/healthz".into(), "/readyz".into(), "/openapi.json".into()],
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -423,9 +480,14 @@ impl AgentConfig {
         {
             return bad("quotas.backend redis needs quotas.redis_url (or MINIRAG_AGENT_REDIS_URL) as redis://host:port".into());
         }
+        if self.identity.provider == IdentityProvider::Jwt
+            && self.identity.jwt.jwks_file.as_os_str().is_empty()
+        {
+            return bad("identity.provider jwt needs identity.jwt.jwks_file".into());
+        }
         if self.quotas.policy_file.is_some() && self.identity.provider == IdentityProvider::None {
             return bad(
-                "quotas.policy_file needs identity.provider: introspect (quotas are per workspace)"
+                "quotas.policy_file needs identity.provider introspect or jwt (quotas are per workspace)"
                     .into(),
             );
         }

@@ -52,8 +52,14 @@ pub async fn run(
             let token = source.internal_token.clone().ok_or_else(|| {
                 RunError::Config("identity.provider introspect needs MINIRAG_INTERNAL_TOKEN (or MINIRAG_INTERNAL_TOKEN_FILE)".into())
             })?;
-            Some(identity::Introspector::new(cfg.identity.clone(), token))
+            Some(identity::Identity::Introspect(identity::Introspector::new(
+                cfg.identity.clone(),
+                token,
+            )))
         }
+        config::IdentityProvider::Jwt => Some(identity::Identity::Jwt(
+            identity::jwt::JwtVerifier::load(&cfg.identity.jwt).map_err(RunError::Config)?,
+        )),
     };
     let proxy = Arc::new(
         Proxy::new(

@@ -246,3 +246,92 @@ async fn unknown_keys_are_refused_and_quotas_are_exact_under_concurrency() {
         401
     );
 }
+
+fn hs256_token(secret: &[u8], claims: &Value) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string()),
+        b.encode(claims.to_string())
+    );
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        input.as_bytes(),
+    );
+    format!("{input}.{}", b.encode(tag.as_ref()))
+}
+
+#[tokio::test]
+async fn jwt_identity_feeds_the_same_quotas() {
+    use base64::Engine;
+    let up = start_upstream().await;
+    let dir = temp_dir("jwt");
+    let secret = b"jwt-test-secret-jwt-test-secret!";
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [{"kty": "oct", "kid": "t1", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)}]}).to_string()).unwrap();
+    let policy = dir.join("quotas.yaml");
+    std::fs::write(&policy, "plans:\n  free:\n    ask_per_minute: 3\n").unwrap();
+    let yaml = format!(
+        "identity:\n  provider: jwt\n  jwt:\n    jwks_file: {}\n    issuer: minirag-tests\nquotas:\n  policy_file: {}\n",
+        jwks.display(),
+        policy.display()
+    );
+    let agent = Agent::start(&format!("http://{}", up.addr), &yaml);
+    let c = client();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = json!({"sub": "usr_j", "workspace_id": "ws_j", "organization_id": "org_j", "iss": "minirag-tests", "exp": exp});
+    let token = hs256_token(secret, &claims);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            c.post(agent.url("/api/v1/ask"))
+                .bearer_auth(&token)
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    // Other routes are not limited by ask_per_minute.
+    assert_eq!(
+        c.get(agent.url("/api/v1/sources"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut wrong_iss = claims.clone();
+    wrong_iss["iss"] = json!("someone-else");
+    for bad in [
+        hs256_token(b"not-the-secret-not-the-secret!!!", &claims),
+        hs256_token(secret, &wrong_iss),
+        "garbage".to_string(),
+    ] {
+        assert_eq!(
+            c.get(agent.url("/api/v1/sources"))
+                .bearer_auth(&bad)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        agent
+            .access_lines()
+            .iter()
+            .any(|l| l["workspace_id"] == "ws_j" && l["user_id"] == "usr_j")
+    );
+}

@@ -1,4 +1,5 @@
-//! Who is calling, decided at the edge (DESIGN §3 step 5). Provider `introspect` asks
+//! Who is calling, decided at the edge (DESIGN §3 step 5). Provider `jwt` verifies a
+//! bearer JWT locally (see `jwt.rs`). Provider `introspect` asks
 //! rag-core's `/internal/v1/principal` once per key and caches the answer: positive
 //! answers for `cache_ttl_seconds`, unknown keys for `negative_cache_ttl_seconds`, many
 //! concurrent misses for one key share one lookup, and the cache never holds more than
@@ -14,6 +15,8 @@ use http_body_util::{BodyExt, Empty};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
+
+pub mod jwt;
 
 use crate::config::IdentityConfig;
 use crate::proxy::forward::{Upstream, UpstreamClient};
@@ -42,6 +45,29 @@ enum Lookup {
     Unknown,
     /// rag-core unreachable or answered oddly: not cached, the next request retries.
     Failed(String),
+}
+
+/// The configured provider.
+pub enum Identity {
+    Introspect(Introspector),
+    Jwt(jwt::JwtVerifier),
+}
+
+impl Identity {
+    pub async fn resolve(
+        &self,
+        headers: &HeaderMap,
+        client: &UpstreamClient,
+        upstream: &Upstream,
+    ) -> Outcome {
+        match self {
+            Self::Introspect(i) => i.resolve(headers, client, upstream).await,
+            Self::Jwt(v) => match presented_key(headers).map(|t| v.verify(t)) {
+                Some(Ok(p)) => Outcome::Principal(Arc::new(p)),
+                _ => Outcome::Unauthenticated,
+            },
+        }
+    }
 }
 
 pub enum Outcome {

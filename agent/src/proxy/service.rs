@@ -22,7 +22,7 @@ use super::headers::{self, SecurityHeaderSet};
 use super::routes::{Pattern, RouteClass, RouteTable, ingest_source};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::AgentConfig;
-use crate::identity::{Introspector, Outcome, Principal};
+use crate::identity::{Identity, Outcome, Principal};
 use crate::metrics::{
     AskLabels, ClassLabels, HttpLabels, IngestLabels, IngestLatencyLabels, Metrics, OutcomeLabels,
     UpstreamErrorLabels, outcome,
@@ -37,7 +37,7 @@ use crate::telemetry::RequestIds;
 pub struct Proxy {
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
-    pub identity: Option<Introspector>,
+    pub identity: Option<Identity>,
     pub limiter: Backend,
     pub quota_events: QuotaEvents,
     dynamic: RwLock<Arc<Dynamic>>,
@@ -95,7 +95,7 @@ impl Proxy {
     pub fn new(
         client: UpstreamClient,
         metrics: Arc<Metrics>,
-        identity: Option<Introspector>,
+        identity: Option<Identity>,
         dynamic: Dynamic,
     ) -> Result<Self, String> {
         Ok(Self {
