@@ -2,7 +2,11 @@
 //! JWKS file, `exp` required and `nbf`/`iss`/`aud` checked, claims mapped to the principal.
 //! The agent verifies; it never issues tokens.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -53,7 +57,16 @@ fn b64(field: &str, v: &Option<String>) -> Result<Vec<u8>, String> {
 pub struct JwtVerifier {
     cfg: JwtConfig,
     keys: Vec<NamedKey>,
+    /// Verified tokens (by SHA-256 digest) until their `exp`, so a client reusing one
+    /// token costs one hash lookup instead of a signature check. Bounded like the
+    /// introspection cache.
+    verified: Mutex<VerifiedTokens>,
 }
+
+/// Token digest → (principal, `exp`).
+type VerifiedTokens = HashMap<[u8; 32], (Arc<Principal>, i64)>;
+
+const VERIFIED_MAX: usize = 10_000;
 
 #[derive(Debug, PartialEq)]
 pub enum JwtError {
@@ -107,7 +120,32 @@ impl JwtVerifier {
         Ok(Self {
             cfg: cfg.clone(),
             keys,
+            verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// [`verify`](Self::verify) with a cache of verified tokens; None for any failure.
+    pub fn verify_cached(&self, token: &str) -> Option<Arc<Principal>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Ok(map) = self.verified.lock()
+            && let Some((p, exp)) = map.get(&digest)
+            && now <= *exp + self.cfg.leeway_seconds as i64
+        {
+            return Some(Arc::clone(p));
+        }
+        let principal = Arc::new(self.verify(token).ok()?);
+        let exp = token_exp(token).unwrap_or(now);
+        if let Ok(mut map) = self.verified.lock() {
+            if map.len() >= VERIFIED_MAX {
+                map.retain(|_, (_, e)| now <= *e);
+                if map.len() >= VERIFIED_MAX {
+                    map.clear();
+                }
+            }
+            map.insert(digest, (Arc::clone(&principal), exp));
+        }
+        Some(principal)
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, JwtError> {
@@ -204,10 +242,7 @@ impl JwtVerifier {
     }
 
     fn check_times(&self, claims: &Value) -> Result<(), JwtError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = unix_now();
         let leeway = self.cfg.leeway_seconds as i64;
         let exp = claims["exp"]
             .as_i64()
@@ -222,6 +257,20 @@ impl JwtVerifier {
         }
         Ok(())
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `exp` of a token already verified.
+fn token_exp(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    claims["exp"].as_i64()
 }
 
 #[cfg(test)]

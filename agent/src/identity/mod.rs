@@ -62,9 +62,12 @@ impl Identity {
     ) -> Outcome {
         match self {
             Self::Introspect(i) => i.resolve(headers, client, upstream).await,
-            Self::Jwt(v) => match presented_key(headers).map(|t| v.verify(t)) {
-                Some(Ok(p)) => Outcome::Principal(Arc::new(p)),
-                _ => Outcome::Unauthenticated,
+            Self::Jwt(v) => match presented_key(headers) {
+                Some(t) => match v.verify_cached(t) {
+                    Some(p) => Outcome::Principal(p),
+                    None => Outcome::Unauthenticated,
+                },
+                None => Outcome::Unauthenticated,
             },
         }
     }

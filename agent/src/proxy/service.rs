@@ -668,9 +668,14 @@ async fn admit(
             if let Some((b, remaining, reset_seconds)) = tightest {
                 let used = b.limit.saturating_sub(remaining);
                 let ratio = used as f64 / b.limit as f64;
-                proxy
-                    .metrics
-                    .quota_level(ws, b.metric.name(), used as f64, ratio, cap);
+                if proxy
+                    .quota_events
+                    .gauge_due(ws, b.metric.name(), std::time::Instant::now())
+                {
+                    proxy
+                        .metrics
+                        .quota_level(ws, b.metric.name(), used as f64, ratio, cap);
+                }
                 if proxy
                     .quota_events
                     .crossed(ws, b.metric.name(), ratio, policy.threshold_ratio)

@@ -8,14 +8,20 @@ use std::time::{Duration, Instant};
 
 const EXCEEDED_EVERY: Duration = Duration::from_secs(10);
 
+/// Usage gauges are refreshed at most this often per workspace and metric: they are read
+/// by scrapes every few seconds, and refreshing them costs more than the quota check.
+const GAUGE_EVERY: Duration = Duration::from_millis(100);
+
 #[derive(Default, Clone, Copy)]
 struct State {
     above: bool,
     last_exceeded: Option<Instant>,
+    last_gauge: Option<Instant>,
 }
 
 pub struct QuotaEvents {
-    state: Mutex<HashMap<(String, &'static str), State>>,
+    /// workspace → metric → state; nested so lookups by `&str` do not allocate.
+    state: Mutex<HashMap<String, HashMap<&'static str, State>>>,
     max: usize,
 }
 
@@ -32,11 +38,18 @@ impl QuotaEvents {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        if map.len() >= self.max && !map.contains_key(&(ws.to_string(), metric)) {
+        if let Some(per_ws) = map.get_mut(ws) {
+            return f(per_ws.entry(metric).or_default());
+        }
+        if map.len() >= self.max {
             // Bounded: forgetting state only risks one repeated event.
             map.clear();
         }
-        f(map.entry((ws.to_string(), metric)).or_default())
+        f(map
+            .entry(ws.to_string())
+            .or_default()
+            .entry(metric)
+            .or_default())
     }
 
     /// True when this request took usage across the threshold from below.
@@ -49,6 +62,20 @@ impl QuotaEvents {
                 if s.above && ratio < threshold * 0.8 {
                     s.above = false;
                 }
+                false
+            }
+        })
+    }
+
+    /// True when the usage gauges of this workspace and metric are due for a refresh.
+    pub fn gauge_due(&self, ws: &str, metric: &'static str, now: Instant) -> bool {
+        self.with(ws, metric, |s| {
+            if s.last_gauge
+                .is_none_or(|t| now.duration_since(t) >= GAUGE_EVERY)
+            {
+                s.last_gauge = Some(now);
+                true
+            } else {
                 false
             }
         })

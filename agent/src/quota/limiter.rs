@@ -32,9 +32,10 @@ pub enum Decision {
 
 pub struct Limiter {
     start: Instant,
-    /// (workspace, metric) → TAT in nanoseconds since `start`.
-    tat: Mutex<HashMap<(String, Metric), u128>>,
-    max_budgets: usize,
+    /// workspace → TAT per metric (nanoseconds since `start`; 0 = untouched). Keyed by
+    /// workspace alone so the hot path looks up by `&str` without allocating.
+    tat: Mutex<HashMap<String, [u128; Metric::COUNT]>>,
+    max_workspaces: usize,
 }
 
 impl Limiter {
@@ -42,7 +43,7 @@ impl Limiter {
         Self {
             start: Instant::now(),
             tat: Mutex::new(HashMap::new()),
-            max_budgets: max_budgets.max(1),
+            max_workspaces: (max_budgets / Metric::COUNT).max(1),
         }
     }
 
@@ -56,17 +57,15 @@ impl Limiter {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut next = Vec::with_capacity(budgets.len());
+        let mut next: [Option<(usize, u128)>; Metric::COUNT] = [None; Metric::COUNT];
         let mut tightest: Option<(Budget, u64, u64)> = None;
-        for b in budgets {
+        for (slot, b) in budgets.iter().enumerate().take(Metric::COUNT) {
             let window = b.metric.window().as_nanos();
             let interval = window / u128::from(b.limit.max(1));
-            let tat = map
-                .get(&(b.workspace_id.clone(), b.metric))
-                .copied()
-                .unwrap_or(0)
-                .max(now);
-            let new_tat = tat + interval;
+            let stored = map
+                .get(b.workspace_id.as_str())
+                .map_or(0, |t| t[b.metric.index()]);
+            let new_tat = stored.max(now) + interval;
             // Allowed while the new TAT stays within one window of now.
             if new_tat > now + window {
                 let retry = new_tat - window - now;
@@ -80,16 +79,27 @@ impl Limiter {
             if tightest.as_ref().is_none_or(|t| remaining < t.1) {
                 tightest = Some((b.clone(), remaining, reset));
             }
-            next.push(((b.workspace_id.clone(), b.metric), new_tat));
+            next[slot] = Some((b.metric.index(), new_tat));
         }
-        if map.len() + next.len() > self.max_budgets {
+        let Some(first) = budgets.first() else {
+            return Decision::Allowed { tightest };
+        };
+        if !map.contains_key(first.workspace_id.as_str()) && map.len() >= self.max_workspaces {
             // A TAT in the past is the same as no entry: drop those first.
-            map.retain(|_, tat| *tat > now);
-        }
-        if map.len() + next.len() <= self.max_budgets {
-            for (k, v) in next {
-                map.insert(k, v);
+            map.retain(|_, t| t.iter().any(|v| *v > now));
+            if map.len() >= self.max_workspaces {
+                // Still full: this workspace goes uncounted rather than grow memory.
+                return Decision::Allowed { tightest };
             }
+        }
+        let entry = match map.get_mut(first.workspace_id.as_str()) {
+            Some(e) => e,
+            None => map
+                .entry(first.workspace_id.clone())
+                .or_insert([0; Metric::COUNT]),
+        };
+        for (idx, tat) in next.into_iter().flatten() {
+            entry[idx] = tat;
         }
         Decision::Allowed { tightest }
     }

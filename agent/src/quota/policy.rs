@@ -17,6 +17,17 @@ pub enum Metric {
 }
 
 impl Metric {
+    pub const COUNT: usize = 4;
+
+    pub fn index(self) -> usize {
+        match self {
+            Self::RequestsPerMinute => 0,
+            Self::RequestsPerDay => 1,
+            Self::AskPerMinute => 2,
+            Self::IngestPerHour => 3,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::RequestsPerMinute => "requests_per_minute",
