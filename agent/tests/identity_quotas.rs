@@ -124,14 +124,7 @@ async fn unknown_keys_are_refused_and_quotas_are_exact_under_concurrency() {
             200
         );
     }
-    let m = c
-        .get(format!("{}/metrics", agent.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &agent).await;
     assert!(m.contains("quota_exceeded_total{workspace_id=\"ws_"), "{m}");
     assert!(m.contains("metric=\"requests_per_minute\"} 15"), "{m}");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -213,14 +206,7 @@ async fn unknown_keys_are_refused_and_quotas_are_exact_under_concurrency() {
         ),
         (Some("quota_exceeded"), Some("chunk_storage"), Some(2))
     );
-    let m = c
-        .get(format!("{}/metrics", agent.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &agent).await;
     assert!(
         m.contains("workspace_quota_ratio{workspace_id=\"ws_")
             && m.contains("metric=\"chunk_storage\"} 1.0"),

@@ -207,14 +207,7 @@ async fn metrics_and_access_log_are_recorded_per_route_class() {
         .unwrap();
     r.bytes().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = c
-        .get(format!("{}/metrics", agent.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &agent).await;
     for needle in [
         "ask_requests_total{outcome=\"success\",status_code=\"200\"} 3",
         "ask_request_latency_seconds_count{outcome=\"success\"} 3",
@@ -467,14 +460,7 @@ async fn client_leaving_early_is_recorded_and_connect_timeouts_answer_504() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     gone.abort();
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let m = c
-        .get(format!("{}/metrics", agent.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &agent).await;
     assert!(
         m.contains("minirag_agent_http_requests_in_flight{class=\"other\"} 0"),
         "{m}"

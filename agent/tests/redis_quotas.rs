@@ -132,14 +132,7 @@ async fn two_agents_share_one_budget_and_redis_loss_follows_the_configured_choic
         .send()
         .await
         .unwrap();
-    let m = c
-        .get(format!("{}/metrics", open.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &open).await;
     assert!(m.contains("minirag_agent_quota_backend_up 0"), "{m}");
     assert!(
         !m.contains("minirag_agent_quota_backend_errors_total 0\n"),

@@ -79,14 +79,7 @@ async fn requests_over_the_concurrency_limit_are_shed_with_503() {
         200,
         "capacity returns"
     );
-    let m = c
-        .get(format!("{}/metrics", agent.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &agent).await;
     assert!(
         m.contains("minirag_agent_http_shed_requests_total 1"),
         "{m}"

@@ -339,3 +339,14 @@ pub fn start_rag_core() -> RagCore {
         workspace_id: boot["workspace_id"].as_str().unwrap().to_string(),
     }
 }
+
+/// The agent's admin `/metrics` page.
+pub async fn scrape(c: &reqwest::Client, agent: &Agent) -> String {
+    c.get(format!("{}/metrics", agent.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
