@@ -44,7 +44,9 @@ pub async fn run(
     external_stop: Option<Arc<Notify>>,
 ) -> Result<(), RunError> {
     let cfg = source.load().map_err(|e| RunError::Config(e.to_string()))?;
-    let metrics = Arc::new(metrics::Metrics::new());
+    let tracing = minirag_otel::Pipeline::from_env("minirag-agent")
+        .map_err(|e| RunError::Config(format!("tracing: {e}")))?;
+    let metrics = Arc::new(metrics::Metrics::new(tracing.as_ref().map(|t| t.stats())));
     let dynamic = Dynamic::build(cfg.clone(), &metrics).map_err(RunError::Config)?;
     let identity = match cfg.identity.provider {
         config::IdentityProvider::None => None,
@@ -66,6 +68,7 @@ pub async fn run(
             client(Duration::from_millis(cfg.timeouts.connect_ms)),
             metrics,
             identity,
+            tracing.clone(),
             dynamic,
         )
         .map_err(RunError::Config)?,
@@ -120,7 +123,7 @@ pub async fn run(
             if cfg.tls.is_some() { "https" } else { "http" },
             cfg.upstream
         ),
-        serde_json::json!({"tls": cfg.tls.is_some(), "listen": listen.to_string(), "admin_listen": admin_addr.to_string(), "upstream": cfg.upstream, "version": env!("CARGO_PKG_VERSION")}),
+        serde_json::json!({"tls": cfg.tls.is_some(), "listen": listen.to_string(), "admin_listen": admin_addr.to_string(), "upstream": cfg.upstream, "version": env!("CARGO_PKG_VERSION"), "tracing": tracing.as_ref().map(|t| format!("{:?}", t.settings().exporter).to_lowercase())}),
     );
 
     tokio::select! {
@@ -146,6 +149,11 @@ pub async fn run(
             "agent.stopped",
             "grace period over with connections still open; exiting",
         ),
+    }
+    // The last spans go out within a bounded wait: a dead collector cannot hold the exit.
+    if let Some(t) = &tracing {
+        let t = t.clone();
+        let _ = tokio::task::spawn_blocking(move || t.shutdown(Duration::from_secs(2))).await;
     }
     // Let the access-log writer flush the last lines before the process ends.
     drop(admin_state);

@@ -1,14 +1,28 @@
 //! The agent's metrics: the shared RED metrics of DESIGN §4.2 for ask and ingest, and
 //! `minirag_agent_*` self-metrics for every route class.
 
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::proxy::routes::RouteClass;
+
+/// The exemplar on latency buckets: the trace of a sampled request (OpenMetrics).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    pub trace_id: String,
+}
+
+/// A latency histogram whose buckets remember one recent sampled trace each.
+pub type Latency = HistogramWithExemplars<TraceLabel>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AskLabels {
@@ -98,11 +112,11 @@ fn slo_buckets() -> impl Iterator<Item = f64> {
 pub struct Metrics {
     registry: Registry,
     pub ask_requests: Family<AskLabels, Counter>,
-    pub ask_latency: Family<OutcomeLabels, Histogram>,
+    pub ask_latency: Family<OutcomeLabels, Latency>,
     pub ingest_operations: Family<IngestLabels, Counter>,
-    pub ingest_latency: Family<IngestLatencyLabels, Histogram>,
+    pub ingest_latency: Family<IngestLatencyLabels, Latency>,
     pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<ClassLabels, Histogram>,
+    pub http_duration: Family<ClassLabels, Latency>,
     pub in_flight: Family<ClassLabels, Gauge>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub shed: Counter,
@@ -118,21 +132,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `otlp`: the span export counters, when tracing is on (zeros otherwise).
+    pub fn new(otlp: Option<Arc<minirag_otel::ExportStats>>) -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(OtlpCollector(otlp)));
         let ask_requests = Family::<AskLabels, Counter>::default();
-        let ask_latency = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(slo_buckets())
-        });
+        let ask_latency =
+            Family::<OutcomeLabels, Latency>::new_with_constructor(|| Latency::new(slo_buckets()));
         let ingest_operations = Family::<IngestLabels, Counter>::default();
-        let ingest_latency = Family::<IngestLatencyLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(slo_buckets())
+        let ingest_latency = Family::<IngestLatencyLabels, Latency>::new_with_constructor(|| {
+            Latency::new(slo_buckets())
         });
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_duration =
-            Family::<ClassLabels, Histogram>::new_with_constructor(
-                || Histogram::new(slo_buckets()),
-            );
+            Family::<ClassLabels, Latency>::new_with_constructor(|| Latency::new(slo_buckets()));
         let in_flight = Family::<ClassLabels, Gauge>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let shed = Counter::default();
@@ -332,6 +345,41 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
+    }
+}
+
+/// `minirag_agent_otlp_spans_{exported,dropped,failed}_total`, read from the export
+/// pipeline at scrape time.
+#[derive(Debug)]
+struct OtlpCollector(Option<Arc<minirag_otel::ExportStats>>);
+
+impl Collector for OtlpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let read = |f: fn(&minirag_otel::ExportStats) -> u64| self.0.as_deref().map_or(0, f);
+        let rows: [(&str, &str, u64); 3] = [
+            (
+                "minirag_agent_otlp_spans_exported",
+                "Spans the OTLP receiver accepted",
+                read(|s| s.exported.load(Relaxed)),
+            ),
+            (
+                "minirag_agent_otlp_spans_dropped",
+                "Spans dropped because the export queue was full (receiver slow, down or hanging)",
+                read(|s| s.dropped.load(Relaxed)),
+            ),
+            (
+                "minirag_agent_otlp_spans_failed",
+                "Spans in export batches that failed after the exporter's retries or timed out",
+                read(|s| s.failed.load(Relaxed)),
+            ),
+        ];
+        for (name, help, value) in rows {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::answer::llm::ChatClient;
@@ -58,7 +59,12 @@ pub fn init_logging(cfg: &Config) -> Result<(), ServeError> {
         LogSink::new(cfg.logging.stdout, Some(file)),
         cfg.logging.level,
     );
-    let subscriber = tracing_subscriber::registry().with(layer);
+    let tracing = minirag_otel::Pipeline::from_env("rag-core")
+        .map_err(|e| ServeError::Setup(format!("tracing: {e}")))?;
+    let otel = crate::obs::trace::layer(tracing.as_ref()).with_filter(
+        tracing_subscriber::filter::filter_fn(|m| m.target().starts_with("rag_core")),
+    );
+    let subscriber = tracing_subscriber::registry().with(layer).with(otel);
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|e| ServeError::Logger(e.to_string()))
 }

@@ -7,6 +7,8 @@ pub struct Pattern {
     method: Option<http::Method>,
     path: String,
     prefix: bool,
+    /// The pattern as configured, without the method: the span's route template.
+    template: String,
 }
 
 impl Pattern {
@@ -34,10 +36,16 @@ impl Pattern {
         if path.contains('*') {
             return Err(format!("pattern {s:?}: * is only allowed at the end"));
         }
+        let template = if prefix {
+            format!("{path}*")
+        } else {
+            path.clone()
+        };
         Ok(Self {
             method,
             path,
             prefix,
+            template,
         })
     }
 
@@ -100,6 +108,15 @@ impl RouteTable {
         // Normalise so `//metrics` or `/internal/../x` tricks cannot slip past the guard.
         let normalized = normalize(path);
         self.blocked.iter().any(|p| p.matches(method, &normalized))
+    }
+
+    /// The configured pattern a request matched, for span names (never the raw path).
+    pub fn template(&self, method: &http::Method, path: &str) -> Option<&str> {
+        [&self.ask, &self.ingest, &self.admin]
+            .into_iter()
+            .flat_map(|list| list.iter())
+            .find(|p| p.matches(method, path))
+            .map(|p| p.template.as_str())
     }
 
     pub fn classify(&self, method: &http::Method, path: &str) -> RouteClass {

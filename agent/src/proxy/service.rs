@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -25,12 +25,13 @@ use crate::config::AgentConfig;
 use crate::identity::{Identity, Outcome, Principal};
 use crate::metrics::{
     AskLabels, ClassLabels, HttpLabels, IngestLabels, IngestLatencyLabels, Metrics, OutcomeLabels,
-    UpstreamErrorLabels, outcome,
+    TraceLabel, UpstreamErrorLabels, outcome,
 };
 use crate::quota::events::QuotaEvents;
 use crate::quota::limiter::Budget;
 use crate::quota::{Backend, Decision, Metric, Policy};
 use crate::telemetry::RequestIds;
+use crate::telemetry::spans::{self, RequestSpan, UpstreamCall};
 
 /// What lives for the whole process: the upstream connection pool, the metrics, the
 /// identity cache and the quota budgets (a config reload must not reset budgets).
@@ -40,6 +41,8 @@ pub struct Proxy {
     pub identity: Option<Identity>,
     pub limiter: Backend,
     pub quota_events: QuotaEvents,
+    /// Span export; `None` when tracing is off (ids and traceparent still flow).
+    pub tracing: Option<minirag_otel::Pipeline>,
     dynamic: RwLock<Arc<Dynamic>>,
 }
 
@@ -96,9 +99,11 @@ impl Proxy {
         client: UpstreamClient,
         metrics: Arc<Metrics>,
         identity: Option<Identity>,
+        tracing: Option<minirag_otel::Pipeline>,
         dynamic: Dynamic,
     ) -> Result<Self, String> {
         Ok(Self {
+            tracing,
             limiter: Backend::new(&dynamic.cfg.quotas, Arc::clone(&metrics))?,
             quota_events: QuotaEvents::new(dynamic.cfg.quotas.max_tracked_budgets),
             client,
@@ -143,6 +148,12 @@ struct Completion {
     status: u16,
     started: Instant,
     upstream_ms: Option<f64>,
+    /// When the upstream call started, its status and failure kind (for the CLIENT span).
+    upstream_started: Option<Instant>,
+    upstream_status: Option<u16>,
+    upstream_error: Option<&'static str>,
+    /// Host the client addressed; kept only for sampled requests (span attribute).
+    server_address: Option<String>,
     bytes_in: Arc<AtomicU64>,
     conn: ConnInfo,
     user_agent: Option<String>,
@@ -221,6 +232,12 @@ impl Completion {
                 .inc();
         }
         m.in_flight.get_or_create(&ClassLabels { class }).dec();
+        let traced = self.ids.sampled && self.proxy.tracing.is_some();
+        let exemplar = || {
+            traced.then(|| TraceLabel {
+                trace_id: self.ids.trace_id.clone(),
+            })
+        };
         m.http_requests
             .get_or_create(&HttpLabels {
                 class,
@@ -230,7 +247,7 @@ impl Completion {
             .inc();
         m.http_duration
             .get_or_create(&ClassLabels { class })
-            .observe(secs);
+            .observe(secs, exemplar(), None);
         match self.class {
             RouteClass::Ask => {
                 m.ask_requests
@@ -241,7 +258,7 @@ impl Completion {
                     .inc();
                 m.ask_latency
                     .get_or_create(&OutcomeLabels { outcome: out })
-                    .observe(secs);
+                    .observe(secs, exemplar(), None);
             }
             RouteClass::Ingest => {
                 let source = ingest_source(&self.path);
@@ -257,18 +274,21 @@ impl Completion {
                         source,
                         outcome: out,
                     })
-                    .observe(secs);
+                    .observe(secs, exemplar(), None);
             }
             _ => {}
         }
+        let error = match end {
+            BodyEnd::IdleTimeout => Some("upstream_body_idle_timeout"),
+            BodyEnd::Failed => Some("upstream_body_error"),
+            BodyEnd::ClientGone => Some("client_gone"),
+            BodyEnd::Complete => self.error,
+        };
+        if traced && let Some(pipeline) = &self.proxy.tracing {
+            self.export_spans(pipeline, secs, error, end);
+        }
         let log = &self.dynamic.access_log;
         if log.enabled() {
-            let error = match end {
-                BodyEnd::IdleTimeout => Some("upstream_body_idle_timeout"),
-                BodyEnd::Failed => Some("upstream_body_error"),
-                BodyEnd::ClientGone => Some("client_gone"),
-                BodyEnd::Complete => self.error,
-            };
             log.write(&AccessRecord {
                 timestamp: minirag_contracts::timestamp_now(),
                 level: if self.status >= 500 { "ERROR" } else { "INFO" },
@@ -300,6 +320,64 @@ impl Completion {
     }
 }
 
+impl Completion {
+    fn export_spans(
+        &self,
+        pipeline: &minirag_otel::Pipeline,
+        secs: f64,
+        error: Option<&'static str>,
+        end: BodyEnd,
+    ) {
+        let now = SystemTime::now();
+        let start = now
+            .checked_sub(Duration::from_secs_f64(secs))
+            .unwrap_or(now);
+        let upstream_error = match end {
+            BodyEnd::IdleTimeout => Some("upstream_body_idle_timeout"),
+            BodyEnd::Failed => Some("upstream_body_error"),
+            _ => self.upstream_error,
+        };
+        let up = &self.dynamic.upstream.authority;
+        let upstream = self.upstream_started.map(|t| UpstreamCall {
+            start: now.checked_sub(t.elapsed()).unwrap_or(now),
+            status: self.upstream_status,
+            error_type: upstream_error,
+            url_full: format!("http://{up}{}", self.path),
+            server_address: up.host(),
+            server_port: up.port_u16().unwrap_or(80),
+        });
+        let route = self
+            .dynamic
+            .routes
+            .template(&self.method, &self.path)
+            .unwrap_or(self.class.as_str());
+        spans::export(
+            pipeline,
+            RequestSpan {
+                ids: &self.ids,
+                method: self.method.as_str(),
+                route,
+                path: &self.path,
+                scheme: if self.conn.tls { "https" } else { "http" },
+                status: self.status,
+                server_address: self.server_address.as_deref(),
+                client: self.conn.remote,
+                protocol_version: match self.protocol {
+                    "HTTP/2" => "2",
+                    "HTTP/1.0" => "1.0",
+                    _ => "1.1",
+                },
+                user_agent: self.user_agent.as_deref(),
+                error_type: error,
+                principal: self.principal.as_deref(),
+                start,
+                end: now,
+                upstream,
+            },
+        );
+    }
+}
+
 fn protocol_name(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "HTTP/0.9",
@@ -322,7 +400,11 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let dynamic = proxy.current();
-    let ids = RequestIds::from_headers(req.headers(), dynamic.cfg.request_id.trust_incoming);
+    let ids = RequestIds::from_headers(
+        req.headers(),
+        dynamic.cfg.request_id.trust_incoming,
+        proxy.tracing.as_ref(),
+    );
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let class = dynamic.routes.classify(&method, &path);
@@ -344,6 +426,18 @@ pub async fn handle(
         status: 0,
         started,
         upstream_ms: None,
+        upstream_started: None,
+        upstream_status: None,
+        upstream_error: None,
+        server_address: if ids.sampled {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| req.uri().host())
+                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+        } else {
+            None
+        },
         bytes_in: Arc::clone(&bytes_in),
         conn,
         user_agent: req
@@ -490,6 +584,7 @@ async fn forward_request(
     let upstream_req = Request::from_parts(parts, body);
 
     let upstream_started = Instant::now();
+    done.upstream_started = Some(upstream_started);
     let timeout = Duration::from_millis(dynamic.cfg.timeouts.response_headers_ms);
     let result = tokio::time::timeout(timeout, proxy.client.request(upstream_req)).await;
     done.upstream_ms = Some((upstream_started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
@@ -503,6 +598,7 @@ async fn forward_request(
     let mut resp = match result {
         Err(_) => {
             count("response_timeout");
+            done.upstream_error = Some("response_timeout");
             return Err((
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -519,6 +615,7 @@ async fn forward_request(
             }
             let (status, code, kind) = forward::classify_error(&e);
             count(kind);
+            done.upstream_error = Some(kind);
             let message = if status == StatusCode::GATEWAY_TIMEOUT {
                 "the upstream did not accept the connection in time"
             } else if kind == "connect" {
@@ -530,6 +627,7 @@ async fn forward_request(
         }
         Ok(Ok(r)) => r,
     };
+    done.upstream_status = Some(resp.status().as_u16());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {

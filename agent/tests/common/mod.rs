@@ -42,6 +42,15 @@ async fn upstream_handle(
     seen.lock().unwrap().push((path.clone(), headers.clone()));
     let full = |s: String| Full::new(Bytes::from(s)).boxed();
     Ok(match path.as_str() {
+        // A fake OpenAI-compatible chat endpoint (rag-core's answer.mode: openai).
+        p if p.ends_with("/chat/completions") => {
+            let mut r = Response::new(full(
+                json!({"choices": [{"message": {"content": "It is blue [1]."}}]}).to_string(),
+            ));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             Response::new(full("slow done".into()))
@@ -284,6 +293,8 @@ pub struct RagCore {
     pub base: String,
     pub key: String,
     pub workspace_id: String,
+    /// rag-core's JSON log lines (stdout), as they arrive.
+    pub logs: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Drop for RagCore {
@@ -294,19 +305,33 @@ impl Drop for RagCore {
 }
 
 pub fn start_rag_core() -> RagCore {
+    start_rag_core_with("", &[])
+}
+
+/// rag-core with extra YAML (appended to the test config) and environment.
+pub fn start_rag_core_with(extra_yaml: &str, env: &[(&str, &str)]) -> RagCore {
     let bin = rag_core_bin();
     let dir = temp_dir("ragcore");
     // A tiny chunk quota so the storage check at the edge can be reached.
     let cfg = dir.join("rag-core.yaml");
-    std::fs::write(&cfg, "tenancy:\n  chunk_limit_free: 2\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("tenancy:\n  chunk_limit_free: 2\n{extra_yaml}"),
+    )
+    .unwrap();
     let out = Command::new(&bin)
         .args(["admin", "bootstrap", "--json", "--config"])
         .arg(&cfg)
         .arg("--data-dir")
         .arg(&dir)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "bootstrap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
@@ -314,18 +339,22 @@ pub fn start_rag_core() -> RagCore {
         .arg("--data-dir")
         .arg(&dir)
         .env("MINIRAG_INTERNAL_TOKEN", TOKEN)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&logs);
     std::thread::spawn(move || {
         for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&l)
-                && v["event"] == "server.started"
-            {
-                let _ = tx.send(v["listen"].as_str().unwrap().to_string());
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                if v["event"] == "server.started" {
+                    let _ = tx.send(v["listen"].as_str().unwrap().to_string());
+                }
+                sink.lock().unwrap().push(v);
             }
         }
     });
@@ -337,6 +366,7 @@ pub fn start_rag_core() -> RagCore {
         base: format!("http://{addr}"),
         key: boot["api_key"].as_str().unwrap().to_string(),
         workspace_id: boot["workspace_id"].as_str().unwrap().to_string(),
+        logs,
     }
 }
 

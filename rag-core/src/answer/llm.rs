@@ -1,6 +1,7 @@
 //! Generated answers through an OpenAI-compatible `/chat/completions` endpoint.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use serde::Deserialize;
 
@@ -70,18 +71,21 @@ impl ChatClient {
             "{}/chat/completions",
             self.cfg.base_url.trim_end_matches('/')
         );
+        let span = crate::obs::trace::client_span("POST", &url);
+        let _ = request_id; // carried by outbound_headers() from the request's task
         let mut req = self
             .client
-            .post(url)
-            .header("X-Request-ID", request_id)
+            .post(&url)
+            .headers(span.in_scope(crate::obs::trace::outbound_headers))
             .json(&body);
         if let Some(key) = &self.cfg.api_key {
             req = req.bearer_auth(key);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| LlmError::Remote(e.without_url().to_string()))?;
+        let resp = req.send().instrument(span.clone()).await.map_err(|e| {
+            crate::obs::trace::client_failed(&span, "transport");
+            LlmError::Remote(e.without_url().to_string())
+        })?;
+        crate::obs::trace::client_status(&span, resp.status().as_u16());
         if !resp.status().is_success() {
             return Err(LlmError::Remote(format!("HTTP {}", resp.status().as_u16())));
         }

@@ -1,6 +1,7 @@
 //! `POST /api/v1/ask` and `GET /api/v1/search`.
 
 use std::time::Instant;
+use tracing::Instrument;
 
 use axum::extract::State;
 use serde::Deserialize;
@@ -105,7 +106,14 @@ pub async fn ask(
     let answer = if abstained {
         NO_CONTEXT_ANSWER.to_string()
     } else if let Some(chat) = &state.chat {
-        match chat.answer(&req.question, &relevant, &ctx.request_id).await {
+        match chat
+            .answer(&req.question, &relevant, &ctx.request_id)
+            .instrument(tracing::info_span!(
+                "answer_generation",
+                minirag.mode = "generated"
+            ))
+            .await
+        {
             Ok(a) => {
                 mode = "generated";
                 a
@@ -113,11 +121,15 @@ pub async fn ask(
             Err(e) => {
                 state.metrics.external_error("openai", "chat");
                 tracing::warn!(event = "external.request_failed", service = "openai", operation = "chat", error = %e, "chat failed; answering extractively");
-                extractive::answer(&req.question, &relevant, state.cfg.answer.max_sentences)
+                tracing::info_span!("answer_generation", minirag.mode = "extractive").in_scope(
+                    || extractive::answer(&req.question, &relevant, state.cfg.answer.max_sentences),
+                )
             }
         }
     } else {
-        extractive::answer(&req.question, &relevant, state.cfg.answer.max_sentences)
+        tracing::info_span!("answer_generation", minirag.mode = "extractive").in_scope(|| {
+            extractive::answer(&req.question, &relevant, state.cfg.answer.max_sentences)
+        })
     };
     let citations: Vec<_> = relevant.iter().map(citation_of).collect();
     let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;

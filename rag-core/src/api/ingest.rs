@@ -115,7 +115,7 @@ pub async fn ingest_text(
     }
     let chunker = state.chunker;
     let started = Instant::now();
-    let slots = tokio::task::spawn_blocking(move || {
+    let slots = crate::obs::trace::spawn_blocking_in_span(move || {
         inputs
             .into_iter()
             .enumerate()
@@ -198,7 +198,7 @@ pub async fn ingest_files(
     check_count(&state, files.len())?;
     let chunker = state.chunker;
     let started = Instant::now();
-    let slots = tokio::task::spawn_blocking(move || {
+    let slots = crate::obs::trace::spawn_blocking_in_span(move || {
         files
             .into_iter()
             .map(|(name, format, data)| {
@@ -285,7 +285,7 @@ pub async fn ingest_urls(
                 let chunker = state.chunker;
                 let uri = page.final_url.clone();
                 let given_title = title.clone();
-                let result = tokio::task::spawn_blocking(move || {
+                let result = crate::obs::trace::spawn_blocking_in_span(move || {
                     let format = Format::from_content_type(&page.content_type)?;
                     let parsed = parse(format, &page.body)?;
                     let title = given_title

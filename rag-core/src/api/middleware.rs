@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::error::{ApiError, PendingError};
 use super::state::AppState;
 use crate::obs::context::RequestContext;
-use crate::obs::metrics::{HttpLabels, RouteLabels};
+use crate::obs::metrics::{HttpLabels, RouteLabels, TraceLabel};
 
 /// Filled by the route layer once routing has matched, read by the outer layer.
 #[derive(Clone, Default)]
@@ -40,28 +40,45 @@ pub async fn request_layer(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let ctx = RequestContext::from_headers(
-        header_str(&req, "x-request-id"),
-        header_str(&req, "traceparent"),
-    );
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let slot = RouteSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    req.extensions_mut().insert(ctx.clone());
-
+    let request_id = header_str(&req, "x-request-id");
+    // Probes and scrapes are never shed: an overloaded server is still alive and ready.
+    let exempt = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    // The SERVER span; dotted fields are span attributes (semantic conventions) and stay
+    // out of log lines, the snake_case ones are log-schema fields.
     let span = tracing::info_span!(
         "request",
-        request_id = %ctx.request_id,
-        trace_id = %ctx.trace_id,
-        span_id = %ctx.span_id,
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        url.path = %path,
+        url.scheme = "http",
+        user_agent.original = header_str(&req, "user-agent").unwrap_or(""),
+        minirag.request_id = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
         workspace_id = tracing::field::Empty,
         organization_id = tracing::field::Empty,
     );
+    // Probes would flood the tracing backend with one-span traces: not exported.
+    let span = if exempt { tracing::Span::none() } else { span };
+    crate::obs::trace::continue_trace(&span, req.headers());
+    let ctx = RequestContext::from_headers(request_id, header_str(&req, "traceparent"))
+        .with_span_ids(crate::obs::trace::ids(&span));
+    span.record("request_id", ctx.request_id.as_str());
+    span.record("minirag.request_id", ctx.request_id.as_str());
+    span.record("trace_id", ctx.trace_id.as_str());
+    span.record("span_id", ctx.span_id.as_str());
+    let slot = RouteSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    req.extensions_mut().insert(ctx.clone());
 
-    // Probes and scrapes are never shed: an overloaded server is still alive and ready.
-    let exempt = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
     let permit = if exempt {
         None
     } else {
@@ -80,8 +97,20 @@ pub async fn request_layer(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-        Some(Ok(_permit)) => next.run(req).instrument(span.clone()).await,
-        None => next.run(req).instrument(span.clone()).await,
+        Some(Ok(_permit)) => {
+            crate::obs::context::with_request_id(
+                ctx.request_id.clone(),
+                next.run(req).instrument(span.clone()),
+            )
+            .await
+        }
+        None => {
+            crate::obs::context::with_request_id(
+                ctx.request_id.clone(),
+                next.run(req).instrument(span.clone()),
+            )
+            .await
+        }
     };
 
     // Render errors in the one shape, with this request's id.
@@ -122,6 +151,15 @@ pub async fn request_layer(
         .cloned()
         .unwrap_or_else(|| "unmatched".to_string());
     let elapsed = started.elapsed();
+    crate::obs::trace::name_span(&span, format!("{method} {route}"));
+    span.record("http.route", route.as_str());
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    let exemplar = crate::obs::trace::sampled(&span).then(|| TraceLabel {
+        trace_id: ctx.trace_id.clone(),
+    });
     state
         .metrics
         .http_requests
@@ -137,7 +175,7 @@ pub async fn request_layer(
         .get_or_create(&RouteLabels {
             route: route.clone(),
         })
-        .observe(elapsed.as_secs_f64());
+        .observe(elapsed.as_secs_f64(), exemplar, None);
 
     let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     span.in_scope(|| {

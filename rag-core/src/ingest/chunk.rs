@@ -101,6 +101,7 @@ impl Chunker {
     }
 
     pub fn chunk_document(&self, doc: &ParsedDocument, merge_cues: bool) -> Vec<ChunkDraft> {
+        let _span = tracing::info_span!("chunk").entered();
         let mut drafts = Vec::new();
         let push = |section: Option<String>, text: String, drafts: &mut Vec<ChunkDraft>| {
             let index = drafts.len();

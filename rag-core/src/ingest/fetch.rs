@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use tracing::Instrument;
 
 use crate::config::{UrlIngestConfig, parse_cidr};
 
@@ -206,11 +207,18 @@ impl Fetcher {
                 .user_agent(concat!("minirag-rag-core/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| FetchError::Http(e.to_string()))?;
+            let span = crate::obs::trace::client_span("GET", &current);
             let mut resp = client
                 .get(&current)
+                .headers(span.in_scope(crate::obs::trace::outbound_headers))
                 .send()
+                .instrument(span.clone())
                 .await
-                .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
+                .map_err(|e| {
+                    crate::obs::trace::client_failed(&span, "transport");
+                    FetchError::Http(e.without_url().to_string())
+                })?;
+            crate::obs::trace::client_status(&span, resp.status().as_u16());
             let status = resp.status();
             if status.is_redirection() {
                 let loc = resp

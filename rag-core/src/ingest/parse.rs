@@ -93,6 +93,12 @@ fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
 }
 
 pub fn parse(format: Format, bytes: &[u8]) -> Result<ParsedDocument, ParseError> {
+    let _span = tracing::info_span!(
+        "parse",
+        minirag.format = format.media_type(),
+        minirag.bytes = bytes.len()
+    )
+    .entered();
     let doc = match format {
         Format::Text => ParsedDocument {
             title: None,

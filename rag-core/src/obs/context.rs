@@ -3,6 +3,20 @@
 
 pub use minirag_contracts::ids::{parse_traceparent, random_hex, valid_request_id};
 
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `f` with `request_id` visible to outbound calls made on its task.
+pub async fn with_request_id<F: std::future::Future>(request_id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(request_id, f).await
+}
+
+/// The id of the request the current task serves, if any (for outbound headers).
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(|v| v.clone()).ok()
+}
+
 /// What a handler knows about the request it serves.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
@@ -26,6 +40,16 @@ impl RequestContext {
             trace_id,
             span_id: random_hex(8),
         }
+    }
+
+    /// Adopts the ids of the request's SERVER span (rag-core's own span, child of the
+    /// caller's), so logs, responses and outbound calls name the same span.
+    pub fn with_span_ids(mut self, ids: Option<(String, String)>) -> Self {
+        if let Some((trace_id, span_id)) = ids {
+            self.trace_id = trace_id;
+            self.span_id = span_id;
+        }
+        self
     }
 
     /// A context for work that does not come from a request (startup, background).

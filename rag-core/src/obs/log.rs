@@ -165,10 +165,29 @@ where
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<Fields>() {
                     for (k, v) in &fields.0 {
-                        obj.insert((*k).to_string(), v.clone());
+                        // Dotted names are span attributes (semantic conventions), not
+                        // log-schema fields.
+                        if !k.contains('.') {
+                            obj.insert((*k).to_string(), v.clone());
+                        }
                     }
                 }
             }
+        }
+        // The innermost span's own ids, so a line logged inside "fts_search" names that
+        // span, not only the request's.
+        if let Some(span) = ctx.event_span(event)
+            && let Some((trace_id, span_id)) = tracing::dispatcher::get_default(|d| {
+                tracing_opentelemetry::get_otel_context(&span.id(), d).and_then(|cx| {
+                    use opentelemetry::trace::TraceContextExt;
+                    let sc = cx.span().span_context().clone();
+                    sc.is_valid()
+                        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+                })
+            })
+        {
+            obj.insert("trace_id".into(), Value::String(trace_id));
+            obj.insert("span_id".into(), Value::String(span_id));
         }
         let mut fields = Fields::default();
         event.record(&mut fields);

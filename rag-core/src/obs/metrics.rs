@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -37,6 +38,12 @@ pub struct HttpLabels {
     pub status_code: u16,
 }
 
+/// Exemplar labels: the trace of a sampled request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    pub trace_id: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -67,7 +74,8 @@ pub struct Metrics {
     pub embedding_queue_depth: Gauge,
     pub quota_exceeded: Family<QuotaLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<RouteLabels, Histogram>,
+    /// Buckets carry the trace id of a sampled request as an OpenMetrics exemplar.
+    pub http_duration: Family<RouteLabels, HistogramWithExemplars<TraceLabel>>,
     pub stage_duration: Family<StageLabels, Histogram>,
 }
 
@@ -81,9 +89,10 @@ impl Metrics {
         let embedding_queue_depth = Gauge::default();
         let quota_exceeded = Family::<QuotaLabels, Counter>::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(latency_buckets())
-        });
+        let http_duration =
+            Family::<RouteLabels, HistogramWithExemplars<TraceLabel>>::new_with_constructor(|| {
+                HistogramWithExemplars::new(latency_buckets())
+            });
         let stage_duration = Family::<StageLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });

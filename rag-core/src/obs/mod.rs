@@ -3,5 +3,6 @@
 pub mod context;
 pub mod log;
 pub mod metrics;
+pub mod trace;
 
 pub use minirag_contracts::rotate;

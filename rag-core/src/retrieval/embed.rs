@@ -3,6 +3,7 @@
 //! made it, so a change of embedder never mixes incomparable vectors.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use serde::Deserialize;
 
@@ -107,6 +108,11 @@ impl Embedder {
     }
 
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let span = tracing::info_span!("embed", minirag.embedder = %self.name(), minirag.texts = texts.len());
+        self.embed_unspanned(texts).instrument(span).await
+    }
+
+    async fn embed_unspanned(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         match self {
             Self::Hashing { dims } if texts.len() <= 16 => {
                 Ok(texts.iter().map(|t| hash_embed(t, *dims)).collect())
@@ -114,7 +120,7 @@ impl Embedder {
             Self::Hashing { dims } => {
                 // Large ingest batches: keep the CPU work off the async workers.
                 let (texts, dims) = (texts.to_vec(), *dims);
-                tokio::task::spawn_blocking(move || {
+                crate::obs::trace::spawn_blocking_in_span(move || {
                     texts.iter().map(|t| hash_embed(t, dims)).collect()
                 })
                 .await
@@ -137,16 +143,19 @@ async fn openai_embed(
     batch: &[String],
 ) -> Result<Vec<Vec<f32>>, EmbedError> {
     let url = format!("{}/embeddings", cfg.base_url.trim_end_matches('/'));
+    let span = crate::obs::trace::client_span("POST", &url);
     let mut req = client
-        .post(url)
+        .post(&url)
+        .headers(span.in_scope(crate::obs::trace::outbound_headers))
         .json(&serde_json::json!({"model": cfg.embedding_model, "input": batch}));
     if let Some(key) = &cfg.api_key {
         req = req.bearer_auth(key);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| EmbedError::Remote(e.without_url().to_string()))?;
+    let resp = req.send().instrument(span.clone()).await.map_err(|e| {
+        crate::obs::trace::client_failed(&span, "transport");
+        EmbedError::Remote(e.without_url().to_string())
+    })?;
+    crate::obs::trace::client_status(&span, resp.status().as_u16());
     if !resp.status().is_success() {
         return Err(EmbedError::Remote(format!(
             "HTTP {}",

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 use serde::Serialize;
 
@@ -111,6 +112,7 @@ impl Searcher {
         );
         let n = self.cfg.candidates.max(p.k);
         let terms = fts_terms(&p.query);
+        let terms_len = terms.len();
         let wstok = ws_token(p.ws_seq);
         let ws = p.ws_seq;
         let source_ids = p.source_ids.clone();
@@ -142,14 +144,17 @@ impl Searcher {
                 };
                 Ok(Ok((fts, allowed)))
             })
+            .instrument(tracing::info_span!("fts_search", minirag.terms = terms_len))
             .await?
             .map_err(SearchError::UnknownSources)?;
 
         let vec_hits = self
             .vector_candidates(ws, &embedder_name, qvec, n, allowed)
+            .instrument(tracing::info_span!("vector_search", minirag.candidates = n))
             .await?;
 
         // Reciprocal rank fusion: robust to the two scores living on different scales.
+        let fusion = tracing::info_span!("fusion").entered();
         let mut fused: HashMap<i64, Fused> = HashMap::new();
         for (rank, id) in fts_ids.iter().enumerate() {
             let e = fused.entry(*id).or_default();
@@ -164,6 +169,7 @@ impl Searcher {
         let mut ranked: Vec<(i64, Fused)> = fused.into_iter().collect();
         ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
         ranked.truncate(p.k);
+        drop(fusion);
 
         let ids: Vec<i64> = ranked.iter().map(|r| r.0).collect();
         let rows = self
@@ -247,7 +253,7 @@ impl Searcher {
             }
         }
         let slot = Arc::clone(&slot);
-        tokio::task::spawn_blocking(move || {
+        crate::obs::trace::spawn_blocking_in_span(move || {
             let guard = slot.blocking_read();
             let filter = allowed.map(|set| move |id: i64| set.contains(&id));
             match guard.as_ref() {

@@ -78,7 +78,15 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let store = Arc::clone(self);
+        // The transaction's span is entered on the blocking thread so its parent is the
+        // caller's span (tracing issue: one span per SQLite transaction).
+        let span = tracing::info_span!(
+            "sqlite.write",
+            otel.kind = "internal",
+            db.system.name = "sqlite"
+        );
         tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let mut conn = match store.writer.lock() {
                 Ok(c) => c,
                 Err(p) => p.into_inner(),
@@ -101,7 +109,13 @@ impl Store {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?;
         let store = Arc::clone(self);
+        let span = tracing::info_span!(
+            "sqlite.read",
+            otel.kind = "internal",
+            db.system.name = "sqlite"
+        );
         tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let conn = store.take_reader()?;
             let out = f(&conn);
             store.return_reader(conn);

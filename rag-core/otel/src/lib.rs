@@ -1,0 +1,157 @@
+//! Trace export for both programs (DESIGN §4.3 environment variables, tracing issue).
+//!
+//! The OpenTelemetry SDK gives the data model, samplers and the OTLP exporters; what this
+//! crate adds is the policy both programs share: the `OTEL_*` switches, a batch processor
+//! whose queue is bounded and never blocks the caller (a full queue drops and counts), and
+//! a console exporter for local work when no endpoint is set.
+
+mod console;
+mod processor;
+mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample, SpanData, SpanExporter};
+
+pub use console::ConsoleExporter;
+pub use processor::{BoundedBatchProcessor, ExportStats};
+pub use settings::{ExporterKind, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Settings(String),
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("cannot start the span export thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The exporters a pipeline can drive (the SDK trait is not object safe).
+#[derive(Debug)]
+pub enum AnyExporter {
+    Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    Console(ConsoleExporter),
+}
+
+impl SpanExporter for AnyExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        match self {
+            AnyExporter::Otlp(e) => e.export(batch).await,
+            AnyExporter::Console(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        match self {
+            AnyExporter::Otlp(e) => e.shutdown_with_timeout(timeout),
+            AnyExporter::Console(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            AnyExporter::Otlp(e) => e.set_resource(resource),
+            AnyExporter::Console(e) => e.set_resource(resource),
+        }
+    }
+}
+
+/// A running export pipeline: sampler, resource and the bounded processor.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    sampler: Box<dyn ShouldSample>,
+    resource: Resource,
+    processor: BoundedBatchProcessor,
+}
+
+impl Pipeline {
+    /// Reads the `OTEL_*` environment; `Ok(None)` when tracing is off.
+    pub fn from_env(default_service_name: &str) -> Result<Option<Self>, Error> {
+        let settings = Settings::from_env(default_service_name).map_err(Error::Settings)?;
+        if !settings.enabled {
+            return Ok(None);
+        }
+        Self::start(settings).map(Some)
+    }
+
+    pub fn start(settings: Settings) -> Result<Self, Error> {
+        let mut builder = Resource::builder();
+        if !settings.service_name_from_env {
+            builder = builder.with_service_name(settings.service_name.clone());
+        }
+        let resource = builder
+            .with_attributes([KeyValue::new(
+                "service.version",
+                settings.service_version.clone(),
+            )])
+            .build();
+        let mut exporter = match settings.exporter {
+            ExporterKind::Console => AnyExporter::Console(ConsoleExporter::default()),
+            ExporterKind::Otlp => AnyExporter::Otlp(Box::new(settings::otlp_exporter()?)),
+        };
+        exporter.set_resource(&resource);
+        let processor = BoundedBatchProcessor::start(exporter, settings.batch.clone())?;
+        // The SDK's own reading of OTEL_TRACES_SAMPLER / _ARG (default parentbased_always_on).
+        let sampler = opentelemetry_sdk::trace::Config::default().sampler;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                sampler,
+                resource,
+                processor,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn resource(&self) -> &Resource {
+        &self.inner.resource
+    }
+
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.inner.processor.stats()
+    }
+
+    pub fn processor(&self) -> BoundedBatchProcessor {
+        self.inner.processor.clone()
+    }
+
+    /// The configured sampler's verdict for a new local root or a child of `parent`.
+    pub fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        kind: &SpanKind,
+    ) -> bool {
+        let r = self
+            .inner
+            .sampler
+            .should_sample(parent, trace_id, name, kind, &[], &[]);
+        matches!(r.decision, SamplingDecision::RecordAndSample)
+    }
+
+    /// Queues one finished span; never blocks (a full queue drops and counts).
+    pub fn export(&self, span: SpanData) {
+        self.inner.processor.push(span);
+    }
+
+    /// Flushes what is queued, waiting at most `timeout`.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.inner.processor.shutdown(timeout);
+    }
+}

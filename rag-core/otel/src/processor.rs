@@ -1,0 +1,244 @@
+//! A batch span processor with a bounded queue that never blocks the request path.
+//!
+//! Finished spans go into a fixed-size channel; one export thread batches them (by size
+//! or by delay) and hands each batch to the exporter with a deadline. When the receiver
+//! is slow, down or hanging the queue fills and further spans are dropped and counted:
+//! memory stays at `max_queue_size` spans and requests keep their latency.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+
+use crate::settings::BatchSettings;
+use crate::{AnyExporter, Error};
+
+/// Counters behind `minirag_agent_otlp_*` (and rag-core's equivalents).
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans the receiver accepted.
+    pub exported: AtomicU64,
+    /// Spans never sent because the queue was full (or the pipeline had stopped).
+    pub dropped: AtomicU64,
+    /// Spans in batches the exporter gave up on (after its own retries) or timed out.
+    pub failed: AtomicU64,
+}
+
+enum Msg {
+    Span(Box<SpanData>),
+    Flush(mpsc::Sender<()>),
+    Shutdown(mpsc::Sender<()>),
+}
+
+#[derive(Debug, Clone)]
+pub struct BoundedBatchProcessor {
+    tx: SyncSender<Msg>,
+    stats: Arc<ExportStats>,
+    worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl BoundedBatchProcessor {
+    pub fn start(exporter: AnyExporter, settings: BatchSettings) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(settings.max_queue_size.max(1));
+        let stats = Arc::new(ExportStats::default());
+        let worker_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("otel-export".into())
+            .spawn(move || export_loop(exporter, settings, rx, worker_stats))
+            .map_err(Error::Thread)?;
+        Ok(Self {
+            tx,
+            stats,
+            worker: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<ExportStats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub fn push(&self, span: SpanData) {
+        match self.tx.try_send(Msg::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn control(&self, make: fn(mpsc::Sender<()>) -> Msg, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let mut msg = make(ack_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+
+    /// Exports everything queued so far; false when that did not finish in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.control(Msg::Flush, timeout)
+    }
+
+    /// Flushes, stops the export thread and joins it (bounded by `timeout`).
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        let done = self.control(Msg::Shutdown, timeout);
+        if done
+            && let Ok(mut w) = self.worker.lock()
+            && let Some(h) = w.take()
+        {
+            let _ = h.join();
+        }
+        done
+    }
+}
+
+fn export_loop(
+    exporter: AnyExporter,
+    settings: BatchSettings,
+    rx: mpsc::Receiver<Msg>,
+    stats: Arc<ExportStats>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => {
+            // Without a runtime nothing can be exported: count instead of queueing forever.
+            for msg in rx {
+                match msg {
+                    Msg::Span(_) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Msg::Flush(ack) | Msg::Shutdown(ack) => {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+            return;
+        }
+    };
+    let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_export_batch_size);
+    let export = |batch: &mut Vec<SpanData>, exporter: &AnyExporter| {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let spans = std::mem::take(batch);
+        // The timer must be created inside the runtime, hence the async block.
+        let result = rt.block_on(async {
+            tokio::time::timeout(settings.export_timeout, exporter.export(spans)).await
+        });
+        match result {
+            Ok(Ok(())) => stats.exported.fetch_add(n, Ordering::Relaxed),
+            _ => stats.failed.fetch_add(n, Ordering::Relaxed),
+        };
+    };
+    let mut deadline = Instant::now() + settings.schedule_delay;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Span(span)) => {
+                batch.push(*span);
+                if batch.len() >= settings.max_export_batch_size {
+                    export(&mut batch, &exporter);
+                    deadline = Instant::now() + settings.schedule_delay;
+                }
+            }
+            Ok(Msg::Flush(ack)) => {
+                drain(&rx, &mut batch, &settings, &export, &exporter);
+                export(&mut batch, &exporter);
+                let _ = ack.send(());
+            }
+            Ok(Msg::Shutdown(ack)) => {
+                drain(&rx, &mut batch, &settings, &export, &exporter);
+                export(&mut batch, &exporter);
+                let _ = exporter.shutdown_with_timeout(Duration::from_secs(1));
+                let _ = ack.send(());
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                export(&mut batch, &exporter);
+                deadline = Instant::now() + settings.schedule_delay;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                export(&mut batch, &exporter);
+                return;
+            }
+        }
+    }
+}
+
+/// Moves the spans already queued into batches (controls arriving meanwhile are answered).
+fn drain(
+    rx: &mpsc::Receiver<Msg>,
+    batch: &mut Vec<SpanData>,
+    settings: &BatchSettings,
+    export: &impl Fn(&mut Vec<SpanData>, &AnyExporter),
+    exporter: &AnyExporter,
+) {
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Span(span) => {
+                batch.push(*span);
+                if batch.len() >= settings.max_export_batch_size {
+                    export(batch, exporter);
+                }
+            }
+            Msg::Flush(ack) | Msg::Shutdown(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+/// The same processor behind an SDK tracer provider (rag-core's `tracing` spans).
+impl SpanProcessor for BoundedBatchProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() {
+            self.push(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        if self.flush(Duration::from_secs(5)) {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(Duration::from_secs(5)))
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.shutdown(timeout) {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(timeout))
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The `OTEL_*` environment, read once at start (DESIGN §4.3).
+//!
+//! Switches: `OTEL_SDK_DISABLED=true` always wins; otherwise `OTEL_ENABLED` decides, and
+//! when it is unset tracing is on exactly when an OTLP endpoint is configured. Enabled
+//! without an endpoint means the console exporter (local work). Endpoint, headers, timeout
+//! and compression (generic and `_TRACES_` variants) are read by opentelemetry-otlp itself;
+//! the sampler by the SDK.
+
+use std::time::Duration;
+
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExporterKind {
+    Otlp,
+    Console,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Spans waiting for export; beyond this new spans are dropped and counted.
+    pub max_queue_size: usize,
+    pub max_export_batch_size: usize,
+    pub schedule_delay: Duration,
+    pub export_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub enabled: bool,
+    pub exporter: ExporterKind,
+    pub service_name: String,
+    /// OTEL_SERVICE_NAME or a service.name in OTEL_RESOURCE_ATTRIBUTES is set: the SDK's
+    /// resource detectors apply it, we do not override it.
+    pub service_name_from_env: bool,
+    pub service_version: String,
+    pub batch: BatchSettings,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn flag(name: &str) -> Result<Option<bool>, String> {
+    match var(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(Some(true)),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(Some(false)),
+        Some(v) => Err(format!("{name}={v:?}: expected true or false")),
+    }
+}
+
+fn number(name: &str, default: u64) -> Result<u64, String> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{name}={v:?}: expected a positive integer")),
+    }
+}
+
+impl Settings {
+    pub fn from_env(default_service_name: &str) -> Result<Self, String> {
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .is_some();
+        let disabled = flag("OTEL_SDK_DISABLED")?.unwrap_or(false);
+        let wanted = flag("OTEL_ENABLED")?.unwrap_or(endpoint);
+        let exporter = match var("OTEL_TRACES_EXPORTER").as_deref() {
+            Some("otlp") => ExporterKind::Otlp,
+            None if endpoint => ExporterKind::Otlp,
+            None | Some("console") => ExporterKind::Console,
+            Some("none") => return Ok(Self::off(default_service_name)),
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_TRACES_EXPORTER={other:?}: supported are otlp, console and none"
+                ));
+            }
+        };
+        let from_attrs = var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
+            a.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
+        let batch = BatchSettings {
+            max_queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
+            max_export_batch_size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize,
+            schedule_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000)?),
+            export_timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?),
+        };
+        if exporter == ExporterKind::Otlp {
+            protocol()?;
+        }
+        Ok(Self {
+            enabled: wanted && !disabled,
+            exporter,
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service_name.into()),
+            service_name_from_env: var("OTEL_SERVICE_NAME").is_some() || from_attrs,
+            service_version: env!("CARGO_PKG_VERSION").into(),
+            batch,
+        })
+    }
+
+    fn off(default_service_name: &str) -> Self {
+        Self {
+            enabled: false,
+            exporter: ExporterKind::Console,
+            service_name: default_service_name.into(),
+            service_name_from_env: false,
+            service_version: env!("CARGO_PKG_VERSION").into(),
+            batch: BatchSettings {
+                max_queue_size: 2048,
+                max_export_batch_size: 512,
+                schedule_delay: Duration::from_secs(1),
+                export_timeout: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+fn protocol() -> Result<Protocol, String> {
+    let (name, value) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+        Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
+        None => match var("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            Some(v) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
+            None => return Ok(Protocol::HttpProtobuf),
+        },
+    };
+    match value.as_str() {
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "grpc" => Ok(Protocol::Grpc),
+        other => Err(format!(
+            "{name}={other:?}: supported are http/protobuf (default) and grpc"
+        )),
+    }
+}
+
+/// The OTLP exporter for the configured protocol; endpoint, headers, timeout and
+/// compression come from the environment through opentelemetry-otlp.
+pub(crate) fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, Error> {
+    let built = match protocol().map_err(Error::Settings)? {
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+            .build(),
+        Protocol::HttpProtobuf => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder()
+                .build()
+                .map_err(|e| Error::Exporter(e.to_string()))?;
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build()
+        }
+    };
+    built.map_err(|e| Error::Exporter(e.to_string()))
+}
