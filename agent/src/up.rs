@@ -72,6 +72,8 @@ fn spawn(bin: &PathBuf, port: u16, opts: &UpOptions, token: &str) -> Result<Chil
         .arg("--data-dir")
         .arg(&opts.data_dir)
         .env("MINIRAG_INTERNAL_TOKEN", token)
+        // The child is its own service in traces, whatever name the agent was given.
+        .env_remove("OTEL_SERVICE_NAME")
         // rag-core's own JSON logs stay in its log file; the terminal gets the agent's.
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -31,6 +31,7 @@ pub struct Config {
     pub openai: OpenAiConfig,
     pub tenancy: TenancyConfig,
     pub store: StoreConfig,
+    pub healthchecks: HealthchecksConfig,
     /// Seconds to wait for in-flight requests after SIGTERM before exiting anyway.
     pub shutdown_grace_seconds: u64,
     /// On an empty store, `serve` creates a first organization and prints its admin key
@@ -54,6 +55,7 @@ impl Default for Config {
             openai: OpenAiConfig::default(),
             tenancy: TenancyConfig::default(),
             store: StoreConfig::default(),
+            healthchecks: HealthchecksConfig::default(),
             shutdown_grace_seconds: 25,
             bootstrap_on_empty: true,
             internal_token: None,
@@ -224,6 +226,27 @@ impl Default for AnswerConfig {
     }
 }
 
+/// Dead-man's-switch pings (healthchecks.io style): `<url>` while healthy, `<url>/fail`
+/// when the database is not readable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthchecksConfig {
+    /// Ping URL; env `HEALTHCHECKS_PING_URL`. Unset = no pings.
+    pub ping_url: Option<String>,
+    pub interval_seconds: u64,
+    pub timeout_seconds: u64,
+}
+
+impl Default for HealthchecksConfig {
+    fn default() -> Self {
+        Self {
+            ping_url: None,
+            interval_seconds: 60,
+            timeout_seconds: 10,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenAiConfig {
@@ -369,6 +392,9 @@ impl Config {
         if let Some(v) = get("LOG_RETENTION_DAYS") {
             self.logging.retention_days = parse("LOG_RETENTION_DAYS", &v)?;
         }
+        if let Some(v) = get("HEALTHCHECKS_PING_URL") {
+            self.healthchecks.ping_url = Some(v);
+        }
         if let Some(v) = get("OPENAI_BASE_URL") {
             self.openai.base_url = v;
         }
@@ -426,6 +452,16 @@ impl Config {
         }
         if self.store.readers == 0 {
             return bad("store.readers must be at least 1");
+        }
+        if let Some(url) = &self.healthchecks.ping_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad(
+                "healthchecks.ping_url (HEALTHCHECKS_PING_URL) must be an http:// or https:// URL",
+            );
+        }
+        if self.healthchecks.interval_seconds == 0 || self.healthchecks.timeout_seconds == 0 {
+            return bad("healthchecks.interval_seconds and timeout_seconds must be positive");
         }
         let needs_openai = self.retrieval.embedder == EmbedderKind::Openai
             || self.answer.mode == AnswerMode::Openai;

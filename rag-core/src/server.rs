@@ -129,6 +129,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         inflight: Semaphore::new(cfg.limits.max_concurrent_requests),
     }));
 
+    if let Some(url) = cfg.healthchecks.ping_url.clone() {
+        tokio::spawn(crate::obs::healthcheck::run(
+            state.clone(),
+            url,
+            Duration::from_secs(cfg.healthchecks.interval_seconds),
+            Duration::from_secs(cfg.healthchecks.timeout_seconds),
+        ));
+    }
+
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen {

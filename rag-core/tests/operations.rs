@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -265,4 +267,100 @@ fn bootstrap_refuses_a_non_empty_store_and_bad_config_is_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("placeholder"));
+}
+
+/// A minimal HTTP/1.1 server answering each request with the next status from `script`
+/// (then 200), recording request lines and headers.
+async fn ping_receiver(script: Vec<u16>) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut script = script.into_iter();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+            let status = script.next().unwrap_or(200);
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (format!("http://{addr}/ping/abc"), seen)
+}
+
+#[tokio::test]
+async fn healthcheck_pings_report_success_and_count_failures() {
+    let (url, seen) = ping_receiver(vec![500, 500]).await;
+    let dir = temp_dir("pings");
+    let _a = bootstrap(&dir);
+    let s = Server::start_with(
+        &dir,
+        Options {
+            config_yaml: Some(
+                "healthchecks:\n  interval_seconds: 1\n  timeout_seconds: 2\n".into(),
+            ),
+            env: vec![("HEALTHCHECKS_PING_URL".into(), url)],
+        },
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let lines = s.log_lines();
+        let failed = lines
+            .iter()
+            .filter(|l| l["event"] == "healthcheck.ping_failed")
+            .count();
+        let sent = lines
+            .iter()
+            .filter(|l| l["event"] == "healthcheck.ping_sent")
+            .count();
+        if failed >= 2 && sent >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pings: {failed} failed, {sent} sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reqs = seen.lock().unwrap().clone();
+    assert!(
+        reqs.iter().all(|r| r.starts_with("get /ping/abc http/1.1")),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter().all(|r| r.contains("\r\ntraceparent: 00-")),
+        "pings carry trace context: {reqs:?}"
+    );
+    let page = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed: f64 = page
+        .lines()
+        .find(|l| l.starts_with("healthcheck_ping_failed_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("healthcheck_ping_failed_total on /metrics");
+    assert!(failed >= 2.0, "{failed}");
 }

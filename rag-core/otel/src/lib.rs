@@ -96,12 +96,19 @@ impl Pipeline {
                 settings.service_version.clone(),
             )])
             .build();
-        let mut exporter = match settings.exporter {
-            ExporterKind::Console => AnyExporter::Console(ConsoleExporter::default()),
-            ExporterKind::Otlp => AnyExporter::Otlp(Box::new(settings::otlp_exporter()?)),
-        };
-        exporter.set_resource(&resource);
-        let processor = BoundedBatchProcessor::start(exporter, settings.batch.clone())?;
+        let kind = settings.exporter;
+        let for_exporter = resource.clone();
+        let processor = BoundedBatchProcessor::start(
+            move || {
+                let mut exporter = match kind {
+                    ExporterKind::Console => AnyExporter::Console(ConsoleExporter::default()),
+                    ExporterKind::Otlp => AnyExporter::Otlp(Box::new(settings::otlp_exporter()?)),
+                };
+                exporter.set_resource(&for_exporter);
+                Ok(exporter)
+            },
+            settings.batch.clone(),
+        )?;
         // The SDK's own reading of OTEL_TRACES_SAMPLER / _ARG (default parentbased_always_on).
         let sampler = opentelemetry_sdk::trace::Config::default().sampler;
         Ok(Self {

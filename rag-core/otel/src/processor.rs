@@ -1,12 +1,14 @@
 //! A batch span processor with a bounded queue that never blocks the request path.
 //!
 //! Finished spans go into a fixed-size channel; one export thread batches them (by size
-//! or by delay) and hands each batch to the exporter with a deadline. When the receiver
+//! or by delay) and hands each batch to the exporter with a deadline. The thread sleeps
+//! between batches and is woken only when a full batch is waiting (or for flush and
+//! shutdown): waking it per span would cost a futex call and a context switch each. When the receiver
 //! is slow, down or hanging the queue fills and further spans are dropped and counted:
 //! memory stays at `max_queue_size` spans and requests keep their latency.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,10 @@ enum Msg {
 pub struct BoundedBatchProcessor {
     tx: SyncSender<Msg>,
     stats: Arc<ExportStats>,
+    /// Spans queued since the export thread last drained.
+    pending: Arc<AtomicUsize>,
+    batch_size: usize,
+    thread: std::thread::Thread,
     worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -48,17 +54,62 @@ impl std::fmt::Debug for Msg {
 }
 
 impl BoundedBatchProcessor {
-    pub fn start(exporter: AnyExporter, settings: BatchSettings) -> Result<Self, Error> {
+    /// Starts the export thread. The exporter is built there, inside the thread's own
+    /// runtime (gRPC channels need one), and a build error is returned here.
+    pub fn start(
+        make_exporter: impl FnOnce() -> Result<AnyExporter, Error> + Send + 'static,
+        settings: BatchSettings,
+    ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::sync_channel::<Msg>(settings.max_queue_size.max(1));
         let stats = Arc::new(ExportStats::default());
         let worker_stats = Arc::clone(&stats);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let worker_pending = Arc::clone(&pending);
+        let batch_size = settings.max_export_batch_size.max(1);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let handle = std::thread::Builder::new()
             .name("otel-export".into())
-            .spawn(move || export_loop(exporter, settings, rx, worker_stats))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::Thread(e)));
+                        return;
+                    }
+                };
+                let built = {
+                    let _in_runtime = rt.enter();
+                    make_exporter()
+                };
+                match built {
+                    Ok(exporter) => {
+                        let _ = ready_tx.send(Ok(()));
+                        export_loop(rt, exporter, settings, rx, worker_stats, worker_pending);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(Error::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Exporter(
+                    "the export thread stopped during start".into(),
+                ));
+            }
+        }
         Ok(Self {
             tx,
             stats,
+            pending,
+            batch_size,
+            thread: handle.thread().clone(),
             worker: Arc::new(Mutex::new(Some(handle))),
         })
     }
@@ -69,7 +120,11 @@ impl BoundedBatchProcessor {
 
     pub fn push(&self, span: SpanData) {
         match self.tx.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.pending.fetch_add(1, Ordering::Relaxed) + 1 == self.batch_size {
+                    self.thread.unpark();
+                }
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -82,7 +137,10 @@ impl BoundedBatchProcessor {
         let mut msg = make(ack_tx);
         loop {
             match self.tx.try_send(msg) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.thread.unpark();
+                    break;
+                }
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(m)) => {
                     if Instant::now() >= deadline {
@@ -117,31 +175,13 @@ impl BoundedBatchProcessor {
 }
 
 fn export_loop(
+    rt: tokio::runtime::Runtime,
     exporter: AnyExporter,
     settings: BatchSettings,
     rx: mpsc::Receiver<Msg>,
     stats: Arc<ExportStats>,
+    pending: Arc<AtomicUsize>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(_) => {
-            // Without a runtime nothing can be exported: count instead of queueing forever.
-            for msg in rx {
-                match msg {
-                    Msg::Span(_) => {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Msg::Flush(ack) | Msg::Shutdown(ack) => {
-                        let _ = ack.send(());
-                    }
-                }
-            }
-            return;
-        }
-    };
     let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_export_batch_size);
     let export = |batch: &mut Vec<SpanData>, exporter: &AnyExporter| {
         if batch.is_empty() {
@@ -160,35 +200,43 @@ fn export_loop(
     };
     let mut deadline = Instant::now() + settings.schedule_delay;
     loop {
+        // Sleep until the delay is up or a producer says a full batch is waiting.
         let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Span(span)) => {
-                batch.push(*span);
-                if batch.len() >= settings.max_export_batch_size {
+        if !wait.is_zero() && pending.load(Ordering::Relaxed) < settings.max_export_batch_size {
+            std::thread::park_timeout(wait);
+        }
+        let due = Instant::now() >= deadline;
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Span(span)) => {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    batch.push(*span);
+                    if batch.len() >= settings.max_export_batch_size {
+                        export(&mut batch, &exporter);
+                    }
+                }
+                Ok(Msg::Flush(ack)) => {
                     export(&mut batch, &exporter);
-                    deadline = Instant::now() + settings.schedule_delay;
+                    let _ = ack.send(());
+                }
+                Ok(Msg::Shutdown(ack)) => {
+                    drain(&rx, &mut batch, &settings, &export, &exporter);
+                    export(&mut batch, &exporter);
+                    let _ = exporter.shutdown_with_timeout(Duration::from_secs(1));
+                    let _ = ack.send(());
+                    return;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    export(&mut batch, &exporter);
+                    return;
                 }
             }
-            Ok(Msg::Flush(ack)) => {
-                drain(&rx, &mut batch, &settings, &export, &exporter);
-                export(&mut batch, &exporter);
-                let _ = ack.send(());
-            }
-            Ok(Msg::Shutdown(ack)) => {
-                drain(&rx, &mut batch, &settings, &export, &exporter);
-                export(&mut batch, &exporter);
-                let _ = exporter.shutdown_with_timeout(Duration::from_secs(1));
-                let _ = ack.send(());
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                export(&mut batch, &exporter);
-                deadline = Instant::now() + settings.schedule_delay;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut batch, &exporter);
-                return;
-            }
+        }
+        // A partial batch waits for the delay; a full one has already gone.
+        if due {
+            export(&mut batch, &exporter);
+            deadline = Instant::now() + settings.schedule_delay;
         }
     }
 }

@@ -94,7 +94,7 @@ impl Settings {
             schedule_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000)?),
             export_timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?),
         };
-        if exporter == ExporterKind::Otlp {
+        if exporter == ExporterKind::Otlp && wanted && !disabled {
             protocol()?;
         }
         Ok(Self {

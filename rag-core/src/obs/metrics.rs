@@ -77,6 +77,7 @@ pub struct Metrics {
     /// Buckets carry the trace id of a sampled request as an OpenMetrics exemplar.
     pub http_duration: Family<RouteLabels, HistogramWithExemplars<TraceLabel>>,
     pub stage_duration: Family<StageLabels, Histogram>,
+    pub healthcheck_ping_failed: Counter,
 }
 
 impl Metrics {
@@ -137,6 +138,12 @@ impl Metrics {
             "HTTP request duration by matched route",
             http_duration.clone(),
         );
+        let healthcheck_ping_failed = Counter::default();
+        registry.register(
+            "healthcheck_ping_failed",
+            "Healthcheck pings (HEALTHCHECKS_PING_URL) that did not reach the service or were refused",
+            healthcheck_ping_failed.clone(),
+        );
         registry.register(
             "rag_core_stage_duration_seconds",
             "Time spent in internal pipeline stages",
@@ -172,6 +179,7 @@ impl Metrics {
             http_requests,
             http_duration,
             stage_duration,
+            healthcheck_ping_failed,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Observability: JSON logs in the shared schema, Prometheus metrics, request context.
 
 pub mod context;
+pub mod healthcheck;
 pub mod log;
 pub mod metrics;
 pub mod trace;
