@@ -284,9 +284,6 @@ impl Completion {
             BodyEnd::ClientGone => Some("client_gone"),
             BodyEnd::Complete => self.error,
         };
-        if traced && let Some(pipeline) = &self.proxy.tracing {
-            self.export_spans(pipeline, secs, error, end);
-        }
         let log = &self.dynamic.access_log;
         if log.enabled() {
             log.write(&AccessRecord {
@@ -317,12 +314,18 @@ impl Completion {
                 error,
             });
         }
+        // Last: the span export takes (moves) the strings the access line borrowed.
+        if traced && let Some(pipeline) = self.proxy.tracing.clone() {
+            self.export_spans(&pipeline, secs, error, end);
+        }
     }
 }
 
 impl Completion {
+    /// Hands the request's spans to the export thread. Only owned fields move into the
+    /// closure here; building the attributes (formatting, allocation) happens there.
     fn export_spans(
-        &self,
+        &mut self,
         pipeline: &minirag_otel::Pipeline,
         secs: f64,
         error: Option<&'static str>,
@@ -337,43 +340,74 @@ impl Completion {
             BodyEnd::Failed => Some("upstream_body_error"),
             _ => self.upstream_error,
         };
-        let up = &self.dynamic.upstream.authority;
-        let upstream = self.upstream_started.map(|t| UpstreamCall {
-            start: now.checked_sub(t.elapsed()).unwrap_or(now),
-            status: self.upstream_status,
-            error_type: upstream_error,
-            url_full: format!("http://{up}{}", self.path),
-            server_address: up.host(),
-            server_port: up.port_u16().unwrap_or(80),
+        let upstream = self.upstream_started.map(|t| {
+            (
+                now.checked_sub(t.elapsed()).unwrap_or(now),
+                self.upstream_status,
+                upstream_error,
+            )
         });
-        let route = self
-            .dynamic
-            .routes
-            .template(&self.method, &self.path)
-            .unwrap_or(self.class.as_str());
-        spans::export(
-            pipeline,
-            RequestSpan {
-                ids: &self.ids,
-                method: self.method.as_str(),
-                route,
-                path: &self.path,
-                scheme: if self.conn.tls { "https" } else { "http" },
-                status: self.status,
-                server_address: self.server_address.as_deref(),
-                client: self.conn.remote,
-                protocol_version: match self.protocol {
-                    "HTTP/2" => "2",
-                    "HTTP/1.0" => "1.0",
-                    _ => "1.1",
-                },
-                user_agent: self.user_agent.as_deref(),
-                error_type: error,
-                principal: self.principal.as_deref(),
-                start,
-                end: now,
-                upstream,
-            },
+        let ids = RequestIds {
+            request_id: std::mem::take(&mut self.ids.request_id),
+            trace_id: std::mem::take(&mut self.ids.trace_id),
+            span_id: std::mem::take(&mut self.ids.span_id),
+            parent_span_id: self.ids.parent_span_id.take(),
+            flags: self.ids.flags,
+            tracestate: None,
+            sampled: true,
+            client_span_id: std::mem::take(&mut self.ids.client_span_id),
+        };
+        let dynamic = Arc::clone(&self.dynamic);
+        let method = self.method.clone();
+        let path = std::mem::take(&mut self.path);
+        let class = self.class;
+        let status = self.status;
+        let server_address = self.server_address.take();
+        let conn = self.conn;
+        let protocol = self.protocol;
+        let user_agent = self.user_agent.take();
+        let principal = self.principal.clone();
+        let spans = if upstream.is_some() { 2 } else { 1 };
+        pipeline.export_deferred(
+            spans,
+            Box::new(move |out| {
+                let up = &dynamic.upstream.authority;
+                let route = dynamic
+                    .routes
+                    .template(&method, &path)
+                    .unwrap_or(class.as_str());
+                spans::build(
+                    RequestSpan {
+                        ids: &ids,
+                        method: method.as_str(),
+                        route,
+                        path: &path,
+                        scheme: if conn.tls { "https" } else { "http" },
+                        status,
+                        server_address: server_address.as_deref(),
+                        client: conn.remote,
+                        protocol_version: match protocol {
+                            "HTTP/2" => "2",
+                            "HTTP/1.0" => "1.0",
+                            _ => "1.1",
+                        },
+                        user_agent: user_agent.as_deref(),
+                        error_type: error,
+                        principal: principal.as_deref(),
+                        start,
+                        end: now,
+                        upstream: upstream.map(|(start, status, error_type)| UpstreamCall {
+                            start,
+                            status,
+                            error_type,
+                            url_full: format!("http://{up}{path}"),
+                            server_address: up.host(),
+                            server_port: up.port_u16().unwrap_or(80),
+                        }),
+                    },
+                    out,
+                );
+            }),
         );
     }
 }

@@ -2,9 +2,9 @@
 //! span for the whole exchange, ended when the response body ends, and a CLIENT span for
 //! the upstream call whose id rag-core receives as its parent.
 //!
-//! They are built as finished `SpanData` at completion rather than through a live SDK
-//! span: the request path already owns every id and timestamp, so the only per-request
-//! cost of tracing is this construction and one non-blocking queue push.
+//! They are built as finished `SpanData` on the export thread rather than through a live
+//! SDK span: the request path already owns every id and timestamp, so its only cost is
+//! moving those into one queued closure (a non-blocking push).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -63,8 +63,8 @@ fn span_id(hex: &str) -> SpanId {
     SpanId::from_hex(hex).unwrap_or(SpanId::INVALID)
 }
 
-/// Queues the request's spans on the export pipeline (never blocks).
-pub fn export(pipeline: &minirag_otel::Pipeline, r: RequestSpan<'_>) {
+/// Builds the request's spans (on the export thread) into `out`.
+pub fn build(r: RequestSpan<'_>, out: &mut Vec<SpanData>) {
     let trace_id = TraceId::from_hex(&r.ids.trace_id).unwrap_or(TraceId::INVALID);
     let server_id = span_id(&r.ids.span_id);
     let context = |id: SpanId| {
@@ -173,7 +173,7 @@ pub fn export(pipeline: &minirag_otel::Pipeline, r: RequestSpan<'_>) {
             }
             None => Status::Unset,
         };
-        pipeline.export(SpanData {
+        out.push(SpanData {
             span_context: context(span_id(&r.ids.client_span_id)),
             parent_span_id: server_id,
             parent_span_is_remote: false,
@@ -189,5 +189,5 @@ pub fn export(pipeline: &minirag_otel::Pipeline, r: RequestSpan<'_>) {
             instrumentation_scope: scope(),
         });
     }
-    pipeline.export(server);
+    out.push(server);
 }

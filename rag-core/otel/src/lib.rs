@@ -18,7 +18,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample, SpanData, SpanExporter};
 
 pub use console::ConsoleExporter;
-pub use processor::{BoundedBatchProcessor, ExportStats};
+pub use processor::{BoundedBatchProcessor, DeferredSpans, ExportStats};
 pub use settings::{ExporterKind, Settings};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +155,11 @@ impl Pipeline {
     /// Queues one finished span; never blocks (a full queue drops and counts).
     pub fn export(&self, span: SpanData) {
         self.inner.processor.push(span);
+    }
+
+    /// Queues `spans` spans that `build` creates on the export thread (never blocks).
+    pub fn export_deferred(&self, spans: usize, build: DeferredSpans) {
+        self.inner.processor.push_deferred(spans, build);
     }
 
     /// Flushes what is queued, waiting at most `timeout`.

@@ -30,8 +30,13 @@ pub struct ExportStats {
     pub failed: AtomicU64,
 }
 
+/// Spans built on the export thread from what the caller captured: the hot path only
+/// moves its fields into the closure, the formatting and allocation happen here.
+pub type DeferredSpans = Box<dyn FnOnce(&mut Vec<SpanData>) + Send>;
+
 enum Msg {
     Span(Box<SpanData>),
+    Deferred(DeferredSpans, usize),
     Flush(mpsc::Sender<()>),
     Shutdown(mpsc::Sender<()>),
 }
@@ -119,14 +124,26 @@ impl BoundedBatchProcessor {
     }
 
     pub fn push(&self, span: SpanData) {
-        match self.tx.try_send(Msg::Span(Box::new(span))) {
+        self.send(Msg::Span(Box::new(span)), 1);
+    }
+
+    /// Queues `spans` finished spans to be built by `build` on the export thread.
+    pub fn push_deferred(&self, spans: usize, build: DeferredSpans) {
+        self.send(Msg::Deferred(build, spans), spans);
+    }
+
+    fn send(&self, msg: Msg, spans: usize) {
+        match self.tx.try_send(msg) {
             Ok(()) => {
-                if self.pending.fetch_add(1, Ordering::Relaxed) + 1 == self.batch_size {
+                let before = self.pending.fetch_add(spans, Ordering::Relaxed);
+                if before < self.batch_size && before + spans >= self.batch_size {
                     self.thread.unpark();
                 }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .dropped
+                    .fetch_add(spans as u64, Ordering::Relaxed);
             }
         }
     }
@@ -215,6 +232,13 @@ fn export_loop(
                         export(&mut batch, &exporter);
                     }
                 }
+                Ok(Msg::Deferred(build, n)) => {
+                    pending.fetch_sub(n, Ordering::Relaxed);
+                    build(&mut batch);
+                    if batch.len() >= settings.max_export_batch_size {
+                        export(&mut batch, &exporter);
+                    }
+                }
                 Ok(Msg::Flush(ack)) => {
                     export(&mut batch, &exporter);
                     let _ = ack.send(());
@@ -253,6 +277,12 @@ fn drain(
         match msg {
             Msg::Span(span) => {
                 batch.push(*span);
+                if batch.len() >= settings.max_export_batch_size {
+                    export(batch, exporter);
+                }
+            }
+            Msg::Deferred(build, _) => {
+                build(batch);
                 if batch.len() >= settings.max_export_batch_size {
                     export(batch, exporter);
                 }
