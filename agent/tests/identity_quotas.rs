@@ -321,3 +321,75 @@ async fn jwt_identity_feeds_the_same_quotas() {
             .any(|l| l["workspace_id"] == "ws_j" && l["user_id"] == "usr_j")
     );
 }
+
+#[tokio::test]
+async fn an_organization_total_binds_across_its_workspaces() {
+    let rag = start_rag_core();
+    let c = client();
+    let ws2: Value = c
+        .post(format!("{}/api/v1/admin/workspaces", rag.base))
+        .bearer_auth(&rag.key)
+        .json(&json!({"name": "two"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let k2: Value = c
+        .post(format!("{}/api/v1/admin/keys", rag.base))
+        .bearer_auth(&rag.key)
+        .json(&json!({"workspace_id": ws2["workspace"]["id"], "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key2 = k2["api_key"].as_str().unwrap().to_string();
+    let dir = temp_dir("orgpolicy");
+    let policy = dir.join("quotas.yaml");
+    // 5 per workspace, 7 for the whole organization.
+    std::fs::write(
+        &policy,
+        "plans:\n  free:\n    requests_per_minute: 5\n    organization:\n      requests_per_minute: 7\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "identity:\n  provider: introspect\nquotas:\n  policy_file: {}\n",
+        policy.display()
+    );
+    let agent = Agent::start_env(&rag.base, &yaml, &[("MINIRAG_INTERNAL_TOKEN", TOKEN)]);
+    let status = |key: String| {
+        let c = c.clone();
+        let url = agent.url("/api/v1/sources");
+        async move {
+            let r = c.get(url).bearer_auth(key).send().await.unwrap();
+            let s = r.status().as_u16();
+            let body = if s == 429 {
+                Some(r.json::<Value>().await.unwrap())
+            } else {
+                None
+            };
+            (s, body)
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(status(rag.key.clone()).await.0, 200);
+    }
+    // The second workspace has 5 of its own, but the organization only 2 left.
+    let mut second = Vec::new();
+    for _ in 0..5 {
+        second.push(status(key2.clone()).await);
+    }
+    let passed = second.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 2, "{second:?}");
+    let refused = second.iter().find_map(|(_, b)| b.clone()).unwrap();
+    assert_eq!(refused["error"], "quota_exceeded");
+    assert_eq!(refused["scope"], "organization");
+    assert_eq!(refused["limit"], 7);
+    // The first workspace is refused by its own limit first.
+    let (s, body) = status(rag.key.clone()).await;
+    assert_eq!(s, 429);
+    assert_eq!(body.unwrap()["scope"], "workspace");
+}

@@ -29,7 +29,7 @@ use crate::metrics::{
 };
 use crate::quota::events::QuotaEvents;
 use crate::quota::limiter::Budget;
-use crate::quota::{Backend, Decision, Metric, Policy};
+use crate::quota::{Backend, Decision, Metric, Policy, Scope};
 use crate::telemetry::RequestIds;
 use crate::telemetry::spans::{self, RequestSpan, UpstreamCall};
 
@@ -780,18 +780,26 @@ async fn admit(
             }
         }
     }
-    let budgets: Vec<Budget> = Metric::for_class(done.class)
-        .iter()
-        .filter_map(|m| {
-            policy
-                .limit(&principal.plan, &principal.organization_id, ws, *m)
-                .map(|limit| Budget {
-                    workspace_id: ws.to_string(),
-                    metric: *m,
-                    limit,
-                })
-        })
-        .collect();
+    let org = &principal.organization_id;
+    let mut budgets: Vec<Budget> = Vec::with_capacity(6);
+    for m in Metric::for_class(done.class) {
+        if let Some(limit) = policy.limit(&principal.plan, org, ws, *m) {
+            budgets.push(Budget {
+                key: ws.to_string(),
+                scope: Scope::Workspace,
+                metric: *m,
+                limit,
+            });
+        }
+        if let Some(limit) = policy.organization_total(&principal.plan, org, *m) {
+            budgets.push(Budget {
+                key: format!("org:{org}"),
+                scope: Scope::Organization,
+                metric: *m,
+                limit,
+            });
+        }
+    }
     if budgets.is_empty() {
         return Ok(());
     }
@@ -844,6 +852,8 @@ async fn admit(
                 .quota_level(ws, budget.metric.name(), budget.limit as f64, 1.0, cap);
             log_exceeded(proxy, ws, budget.metric.name(), budget.limit);
             done.error_extra = quota_fields(budget.metric.name(), budget.limit, Some(retry));
+            done.error_extra
+                .insert("scope".into(), budget.scope.name().into());
             done.quota = Some(QuotaState {
                 metric: budget.metric,
                 limit: budget.limit,
@@ -854,7 +864,14 @@ async fn admit(
             Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 "quota_exceeded",
-                "this workspace has used its quota; retry after the indicated time",
+                match budget.scope {
+                    Scope::Workspace => {
+                        "this workspace has used its quota; retry after the indicated time"
+                    }
+                    Scope::Organization => {
+                        "this organization has used its quota across its workspaces; retry after the indicated time"
+                    }
+                },
             ))
         }
     }

@@ -1,6 +1,7 @@
 //! GCRA (generic cell rate algorithm): each budget is one number, the theoretical arrival
 //! time (TAT). A limit of L per window W admits a burst of L, then one request every W/L.
-//! All the budgets a request counts against are checked and advanced under one lock, so
+//! All the budgets a request counts against (its workspace's and, when the policy sets
+//! them, its organization's totals) are checked and advanced under one lock, so
 //! concurrent requests can never overshoot and a refused request consumes nothing.
 
 use std::collections::HashMap;
@@ -9,12 +10,33 @@ use std::time::{Duration, Instant};
 
 use super::policy::Metric;
 
+/// Whose budget: one workspace, or all workspaces of an organization together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Workspace,
+    Organization,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Workspace => "workspace",
+            Self::Organization => "organization",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Budget {
-    pub workspace_id: String,
+    /// The budget's owner: a workspace id, or `org:<organization id>`.
+    pub key: String,
+    pub scope: Scope,
     pub metric: Metric,
     pub limit: u64,
 }
+
+/// At most one budget per metric and scope.
+const MAX_BUDGETS: usize = 2 * Metric::COUNT;
 
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -32,8 +54,8 @@ pub enum Decision {
 
 pub struct Limiter {
     start: Instant,
-    /// workspace → TAT per metric (nanoseconds since `start`; 0 = untouched). Keyed by
-    /// workspace alone so the hot path looks up by `&str` without allocating.
+    /// budget key → TAT per metric (nanoseconds since `start`; 0 = untouched). Keyed by
+    /// the owner alone so the hot path looks up by `&str` without allocating.
     tat: Mutex<HashMap<String, [u128; Metric::COUNT]>>,
     max_workspaces: usize,
 }
@@ -57,14 +79,12 @@ impl Limiter {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut next: [Option<(usize, u128)>; Metric::COUNT] = [None; Metric::COUNT];
+        let mut next: [Option<(usize, u128)>; MAX_BUDGETS] = [None; MAX_BUDGETS];
         let mut tightest: Option<(Budget, u64, u64)> = None;
-        for (slot, b) in budgets.iter().enumerate().take(Metric::COUNT) {
+        for (slot, b) in budgets.iter().enumerate().take(MAX_BUDGETS) {
             let window = b.metric.window().as_nanos();
             let interval = window / u128::from(b.limit.max(1));
-            let stored = map
-                .get(b.workspace_id.as_str())
-                .map_or(0, |t| t[b.metric.index()]);
+            let stored = map.get(b.key.as_str()).map_or(0, |t| t[b.metric.index()]);
             let new_tat = stored.max(now) + interval;
             // Allowed while the new TAT stays within one window of now.
             if new_tat > now + window {
@@ -81,25 +101,25 @@ impl Limiter {
             }
             next[slot] = Some((b.metric.index(), new_tat));
         }
-        let Some(first) = budgets.first() else {
-            return Decision::Allowed { tightest };
-        };
-        if !map.contains_key(first.workspace_id.as_str()) && map.len() >= self.max_workspaces {
-            // A TAT in the past is the same as no entry: drop those first.
-            map.retain(|_, t| t.iter().any(|v| *v > now));
-            if map.len() >= self.max_workspaces {
-                // Still full: this workspace goes uncounted rather than grow memory.
-                return Decision::Allowed { tightest };
+        for (slot, b) in budgets.iter().enumerate().take(MAX_BUDGETS) {
+            let Some((idx, tat)) = next[slot] else {
+                continue;
+            };
+            if let Some(entry) = map.get_mut(b.key.as_str()) {
+                entry[idx] = tat;
+                continue;
             }
-        }
-        let entry = match map.get_mut(first.workspace_id.as_str()) {
-            Some(e) => e,
-            None => map
-                .entry(first.workspace_id.clone())
-                .or_insert([0; Metric::COUNT]),
-        };
-        for (idx, tat) in next.into_iter().flatten() {
+            if map.len() >= self.max_workspaces {
+                // A TAT in the past is the same as no entry: drop those first.
+                map.retain(|_, t| t.iter().any(|v| *v > now));
+                if map.len() >= self.max_workspaces {
+                    // Still full: this owner goes uncounted rather than grow memory.
+                    continue;
+                }
+            }
+            let mut entry = [0; Metric::COUNT];
             entry[idx] = tat;
+            map.insert(b.key.clone(), entry);
         }
         Decision::Allowed { tightest }
     }
@@ -111,7 +131,8 @@ mod tests {
 
     fn budget(limit: u64) -> Budget {
         Budget {
-            workspace_id: "ws".into(),
+            key: "ws".into(),
+            scope: Scope::Workspace,
             metric: Metric::RequestsPerMinute,
             limit,
         }
@@ -146,16 +167,52 @@ mod tests {
     }
 
     #[test]
+    fn an_organization_total_binds_across_its_workspaces() {
+        let l = Limiter::new(100);
+        let t0 = Instant::now();
+        let req = |ws: &str| {
+            [
+                Budget {
+                    key: ws.into(),
+                    scope: Scope::Workspace,
+                    metric: Metric::RequestsPerMinute,
+                    limit: 3,
+                },
+                Budget {
+                    key: "org:o1".into(),
+                    scope: Scope::Organization,
+                    metric: Metric::RequestsPerMinute,
+                    limit: 4,
+                },
+            ]
+        };
+        for ws in ["a", "a", "a", "b"] {
+            assert!(matches!(l.check_at(&req(ws), t0), Decision::Allowed { .. }));
+        }
+        // "a" is at its own limit; "b" has room but the organization does not.
+        match l.check_at(&req("b"), t0) {
+            Decision::Refused { budget, .. } => assert_eq!(budget.scope, Scope::Organization),
+            d => panic!("{d:?}"),
+        }
+        match l.check_at(&req("a"), t0) {
+            Decision::Refused { budget, .. } => assert_eq!(budget.scope, Scope::Workspace),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn a_refused_request_consumes_no_budget() {
         let l = Limiter::new(100);
         let t0 = Instant::now();
         let loose = Budget {
-            workspace_id: "ws".into(),
+            key: "ws".into(),
+            scope: Scope::Workspace,
             metric: Metric::RequestsPerDay,
             limit: 1000,
         };
         let tight = Budget {
-            workspace_id: "ws".into(),
+            key: "ws".into(),
+            scope: Scope::Workspace,
             metric: Metric::AskPerMinute,
             limit: 1,
         };

@@ -10,7 +10,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
-pub use limiter::{Budget, Decision, Limiter};
+pub use limiter::{Budget, Decision, Limiter, Scope};
 pub use policy::{Metric, Policy};
 
 use crate::config::{QuotaBackend, QuotasConfig};

@@ -71,6 +71,30 @@ pub struct Limits {
     pub requests_per_day: Option<u64>,
     pub ask_per_minute: Option<u64>,
     pub ingest_per_hour: Option<u64>,
+    /// Totals for all workspaces of one organization together (on a plan or an
+    /// organization override; not allowed on workspace overrides).
+    pub organization: Option<Totals>,
+}
+
+/// Organization-wide aggregate limits, on top of the per-workspace ones.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub ask_per_minute: Option<u64>,
+    pub ingest_per_hour: Option<u64>,
+}
+
+impl Totals {
+    fn get(&self, m: Metric) -> Option<u64> {
+        match m {
+            Metric::RequestsPerMinute => self.requests_per_minute,
+            Metric::RequestsPerDay => self.requests_per_day,
+            Metric::AskPerMinute => self.ask_per_minute,
+            Metric::IngestPerHour => self.ingest_per_hour,
+        }
+    }
 }
 
 impl Limits {
@@ -119,12 +143,23 @@ impl Default for Policy {
 impl Policy {
     pub fn load(path: &Path) -> Result<Self, String> {
         let p: Policy = minirag_contracts::yaml::from_file(path).map_err(|e| e.to_string())?;
+        if let Some((ws, _)) = p.workspaces.iter().find(|(_, l)| l.organization.is_some()) {
+            return Err(format!(
+                "{}: workspaces: {ws}: organization totals belong on a plan or under organizations",
+                path.display()
+            ));
+        }
         for (name, l) in p.plans.iter().chain(&p.organizations).chain(&p.workspaces) {
+            let totals = l.organization.clone().unwrap_or_default();
             for v in [
                 l.requests_per_minute,
                 l.requests_per_day,
                 l.ask_per_minute,
                 l.ingest_per_hour,
+                totals.requests_per_minute,
+                totals.requests_per_day,
+                totals.ask_per_minute,
+                totals.ingest_per_hour,
             ]
             .into_iter()
             .flatten()
@@ -152,6 +187,24 @@ impl Policy {
             ));
         }
         Ok(p)
+    }
+
+    /// The organization-wide total for one metric: the organization's override, else the
+    /// plan's.
+    pub fn organization_total(&self, plan: &str, organization_id: &str, m: Metric) -> Option<u64> {
+        let plan_limits = self
+            .plans
+            .get(plan)
+            .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d)));
+        self.organizations
+            .get(organization_id)
+            .and_then(|l| l.organization.as_ref())
+            .and_then(|t| t.get(m))
+            .or_else(|| {
+                plan_limits
+                    .and_then(|l| l.organization.as_ref())
+                    .and_then(|t| t.get(m))
+            })
     }
 
     /// The limit for one metric, most specific first: workspace, organization, plan.

@@ -87,12 +87,7 @@ impl RedisLimiter {
         let mut conn = conn.clone();
         let mut inv = self.script.prepare_invoke();
         for b in budgets {
-            inv.key(format!(
-                "{}{}:{}",
-                self.prefix,
-                b.workspace_id,
-                b.metric.name()
-            ));
+            inv.key(format!("{}{}:{}", self.prefix, b.key, b.metric.name()));
             let window = b.metric.window().as_micros() as u64;
             inv.arg(window / b.limit.max(1)).arg(window);
         }
