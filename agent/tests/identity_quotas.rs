@@ -393,3 +393,90 @@ async fn an_organization_total_binds_across_its_workspaces() {
     assert_eq!(s, 429);
     assert_eq!(body.unwrap()["scope"], "workspace");
 }
+
+#[tokio::test]
+async fn concurrency_and_ingest_byte_quotas() {
+    use base64::Engine;
+    let up = start_upstream().await;
+    let dir = temp_dir("concurrency");
+    let secret = b"jwt-test-secret-jwt-test-secret!";
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [{"kty": "oct", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)}]}).to_string()).unwrap();
+    let policy = dir.join("quotas.yaml");
+    std::fs::write(
+        &policy,
+        "plans:\n  free:\n    concurrent_requests: 2\n    ingest_bytes_per_day: 1000\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "identity:\n  provider: jwt\n  jwt:\n    jwks_file: {}\nquotas:\n  policy_file: {}\n",
+        jwks.display(),
+        policy.display()
+    );
+    let agent = Agent::start(&format!("http://{}", up.addr), &yaml);
+    let c = client();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = hs256_token(
+        secret,
+        &json!({"sub": "usr_c", "workspace_id": "ws_c", "organization_id": "org_c", "exp": exp}),
+    );
+
+    // Two slow requests hold both slots; the others are refused while they run.
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(c.get(agent.url("/slow")).bearer_auth(&token).send()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = c
+        .get(agent.url("/fast"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["metric"], "concurrent_requests");
+    assert_eq!(v["limit"], 2);
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status(), 200);
+    }
+    // Slots come back when the bodies end.
+    assert_eq!(
+        c.get(agent.url("/fast"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Ingest bytes: the declared size is spent; 600 + 600 > 1000.
+    let ingest = |body: Vec<u8>| {
+        c.post(agent.url("/api/v1/ingest/text"))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+    };
+    assert_eq!(ingest(vec![b'a'; 600]).await.unwrap().status(), 200);
+    let r = ingest(vec![b'a'; 600]).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["metric"], "ingest_bytes_per_day");
+    assert_eq!(ingest(vec![b'a'; 300]).await.unwrap().status(), 200);
+    // Without a Content-Length the size cannot be checked first: 411.
+    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+        bytes::Bytes::from_static(b"abc"),
+    )]);
+    let r = c
+        .post(agent.url("/api/v1/ingest/text"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 411);
+}

@@ -41,6 +41,7 @@ pub struct Proxy {
     pub identity: Option<Identity>,
     pub limiter: Backend,
     pub quota_events: QuotaEvents,
+    pub concurrency: crate::quota::concurrency::Concurrency,
     /// Span export; `None` when tracing is off (ids and traceparent still flow).
     pub tracing: Option<minirag_otel::Pipeline>,
     dynamic: RwLock<Arc<Dynamic>>,
@@ -106,6 +107,7 @@ impl Proxy {
             tracing,
             limiter: Backend::new(&dynamic.cfg.quotas, Arc::clone(&metrics))?,
             quota_events: QuotaEvents::new(dynamic.cfg.quotas.max_tracked_budgets),
+            concurrency: Default::default(),
             client,
             metrics,
             identity,
@@ -160,6 +162,8 @@ struct Completion {
     protocol: &'static str,
     error: Option<&'static str>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The workspace's `concurrent_requests` slot, held until the body ends.
+    _slot: Option<crate::quota::concurrency::Slot>,
     recorded: bool,
     principal: Option<Arc<Principal>>,
     /// The tightest quota budget of this request, for RateLimit headers (and 429s).
@@ -482,6 +486,7 @@ pub async fn handle(
         protocol: protocol_name(req.version()),
         error: None,
         _permit: None,
+        _slot: None,
         recorded: false,
         principal: None,
         quota: None,
@@ -781,22 +786,62 @@ async fn admit(
         }
     }
     let org = &principal.organization_id;
-    let mut budgets: Vec<Budget> = Vec::with_capacity(6);
+    if let Some(limit) = policy.concurrency(&principal.plan, org, ws) {
+        match proxy.concurrency.try_acquire(ws, limit) {
+            Ok((slot, _)) => done._slot = Some(slot),
+            Err(_) => {
+                proxy.metrics.quota_exceeded(ws, "concurrent_requests", cap);
+                log_exceeded(proxy, ws, "concurrent_requests", limit);
+                done.error_extra = quota_fields("concurrent_requests", limit, Some(1));
+                done.quota = None;
+                return Err((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    "this workspace has too many requests in flight; retry when one finishes",
+                ));
+            }
+        }
+    }
+    // Byte budgets spend the declared body size; without one it cannot be checked first.
+    let declared_bytes = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut budgets: Vec<Budget> = Vec::with_capacity(8);
     for m in Metric::for_class(done.class) {
-        if let Some(limit) = policy.limit(&principal.plan, org, ws, *m) {
+        let ws_limit = policy.limit(&principal.plan, org, ws, *m);
+        let org_limit = policy.organization_total(&principal.plan, org, *m);
+        let cost = if m.counts_bytes() && (ws_limit.is_some() || org_limit.is_some()) {
+            match declared_bytes {
+                Some(n) => n,
+                None => {
+                    return Err((
+                        StatusCode::LENGTH_REQUIRED,
+                        "length_required",
+                        "ingest under a byte quota needs a Content-Length",
+                    ));
+                }
+            }
+        } else {
+            1
+        };
+        if let Some(limit) = ws_limit {
             budgets.push(Budget {
                 key: ws.to_string(),
                 scope: Scope::Workspace,
                 metric: *m,
                 limit,
+                cost,
             });
         }
-        if let Some(limit) = policy.organization_total(&principal.plan, org, *m) {
+        if let Some(limit) = org_limit {
             budgets.push(Budget {
                 key: format!("org:{org}"),
                 scope: Scope::Organization,
                 metric: *m,
                 limit,
+                cost,
             });
         }
     }

@@ -33,6 +33,8 @@ pub struct Budget {
     pub scope: Scope,
     pub metric: Metric,
     pub limit: u64,
+    /// Units this request spends: 1, or its body bytes for byte budgets.
+    pub cost: u64,
 }
 
 /// At most one budget per metric and scope.
@@ -83,9 +85,9 @@ impl Limiter {
         let mut tightest: Option<(Budget, u64, u64)> = None;
         for (slot, b) in budgets.iter().enumerate().take(MAX_BUDGETS) {
             let window = b.metric.window().as_nanos();
-            let interval = window / u128::from(b.limit.max(1));
+            let interval = (window / u128::from(b.limit.max(1))).max(1);
             let stored = map.get(b.key.as_str()).map_or(0, |t| t[b.metric.index()]);
-            let new_tat = stored.max(now) + interval;
+            let new_tat = stored.max(now) + interval * u128::from(b.cost.max(1));
             // Allowed while the new TAT stays within one window of now.
             if new_tat > now + window {
                 let retry = new_tat - window - now;
@@ -135,6 +137,7 @@ mod tests {
             scope: Scope::Workspace,
             metric: Metric::RequestsPerMinute,
             limit,
+            cost: 1,
         }
     }
 
@@ -177,12 +180,14 @@ mod tests {
                     scope: Scope::Workspace,
                     metric: Metric::RequestsPerMinute,
                     limit: 3,
+                    cost: 1,
                 },
                 Budget {
                     key: "org:o1".into(),
                     scope: Scope::Organization,
                     metric: Metric::RequestsPerMinute,
                     limit: 4,
+                    cost: 1,
                 },
             ]
         };
@@ -201,6 +206,33 @@ mod tests {
     }
 
     #[test]
+    fn byte_budgets_spend_the_request_size() {
+        let l = Limiter::new(100);
+        let t0 = Instant::now();
+        let b = |cost| Budget {
+            key: "ws".into(),
+            scope: Scope::Workspace,
+            metric: Metric::IngestBytesPerDay,
+            limit: 1000,
+            cost,
+        };
+        assert!(matches!(
+            l.check_at(&[b(600)], t0),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            l.check_at(&[b(500)], t0),
+            Decision::Refused { .. }
+        ));
+        match l.check_at(&[b(400)], t0) {
+            Decision::Allowed {
+                tightest: Some((_, remaining, _)),
+            } => assert_eq!(remaining, 0),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn a_refused_request_consumes_no_budget() {
         let l = Limiter::new(100);
         let t0 = Instant::now();
@@ -209,12 +241,14 @@ mod tests {
             scope: Scope::Workspace,
             metric: Metric::RequestsPerDay,
             limit: 1000,
+            cost: 1,
         };
         let tight = Budget {
             key: "ws".into(),
             scope: Scope::Workspace,
             metric: Metric::AskPerMinute,
             limit: 1,
+            cost: 1,
         };
         assert!(matches!(
             l.check_at(&[loose.clone(), tight.clone()], t0),

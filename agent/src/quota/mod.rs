@@ -3,6 +3,7 @@
 //! overrides; a backend enforces it exactly with GCRA — in memory for one replica, in
 //! Redis when replicas must share one budget.
 
+pub mod concurrency;
 pub mod events;
 pub mod limiter;
 pub mod policy;

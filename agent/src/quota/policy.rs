@@ -14,10 +14,12 @@ pub enum Metric {
     RequestsPerDay,
     AskPerMinute,
     IngestPerHour,
+    /// Request body bytes of ingest calls (their declared Content-Length).
+    IngestBytesPerDay,
 }
 
 impl Metric {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     pub fn index(self) -> usize {
         match self {
@@ -25,6 +27,7 @@ impl Metric {
             Self::RequestsPerDay => 1,
             Self::AskPerMinute => 2,
             Self::IngestPerHour => 3,
+            Self::IngestBytesPerDay => 4,
         }
     }
 
@@ -34,6 +37,7 @@ impl Metric {
             Self::RequestsPerDay => "requests_per_day",
             Self::AskPerMinute => "ask_per_minute",
             Self::IngestPerHour => "ingest_per_hour",
+            Self::IngestBytesPerDay => "ingest_bytes_per_day",
         }
     }
 
@@ -41,8 +45,13 @@ impl Metric {
         match self {
             Self::RequestsPerMinute | Self::AskPerMinute => Duration::from_secs(60),
             Self::IngestPerHour => Duration::from_secs(3600),
-            Self::RequestsPerDay => Duration::from_secs(86_400),
+            Self::RequestsPerDay | Self::IngestBytesPerDay => Duration::from_secs(86_400),
         }
+    }
+
+    /// Counted in bytes (the request's Content-Length) rather than in requests.
+    pub fn counts_bytes(self) -> bool {
+        self == Self::IngestBytesPerDay
     }
 
     /// The metrics a request of this class counts against.
@@ -57,6 +66,7 @@ impl Metric {
                 Self::RequestsPerMinute,
                 Self::RequestsPerDay,
                 Self::IngestPerHour,
+                Self::IngestBytesPerDay,
             ],
             _ => &[Self::RequestsPerMinute, Self::RequestsPerDay],
         }
@@ -71,6 +81,9 @@ pub struct Limits {
     pub requests_per_day: Option<u64>,
     pub ask_per_minute: Option<u64>,
     pub ingest_per_hour: Option<u64>,
+    pub ingest_bytes_per_day: Option<u64>,
+    /// Requests of one workspace in flight at once (per agent replica).
+    pub concurrent_requests: Option<u64>,
     /// Totals for all workspaces of one organization together (on a plan or an
     /// organization override; not allowed on workspace overrides).
     pub organization: Option<Totals>,
@@ -84,6 +97,7 @@ pub struct Totals {
     pub requests_per_day: Option<u64>,
     pub ask_per_minute: Option<u64>,
     pub ingest_per_hour: Option<u64>,
+    pub ingest_bytes_per_day: Option<u64>,
 }
 
 impl Totals {
@@ -93,6 +107,7 @@ impl Totals {
             Metric::RequestsPerDay => self.requests_per_day,
             Metric::AskPerMinute => self.ask_per_minute,
             Metric::IngestPerHour => self.ingest_per_hour,
+            Metric::IngestBytesPerDay => self.ingest_bytes_per_day,
         }
     }
 }
@@ -104,6 +119,7 @@ impl Limits {
             Metric::RequestsPerDay => self.requests_per_day,
             Metric::AskPerMinute => self.ask_per_minute,
             Metric::IngestPerHour => self.ingest_per_hour,
+            Metric::IngestBytesPerDay => self.ingest_bytes_per_day,
         }
     }
 }
@@ -156,10 +172,13 @@ impl Policy {
                 l.requests_per_day,
                 l.ask_per_minute,
                 l.ingest_per_hour,
+                l.ingest_bytes_per_day,
+                l.concurrent_requests,
                 totals.requests_per_minute,
                 totals.requests_per_day,
                 totals.ask_per_minute,
                 totals.ingest_per_hour,
+                totals.ingest_bytes_per_day,
             ]
             .into_iter()
             .flatten()
@@ -205,6 +224,28 @@ impl Policy {
                     .and_then(|l| l.organization.as_ref())
                     .and_then(|t| t.get(m))
             })
+    }
+
+    /// The per-workspace concurrency limit, most specific first.
+    pub fn concurrency(
+        &self,
+        plan: &str,
+        organization_id: &str,
+        workspace_id: &str,
+    ) -> Option<u64> {
+        let plan_limits = self
+            .plans
+            .get(plan)
+            .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d)));
+        self.workspaces
+            .get(workspace_id)
+            .and_then(|l| l.concurrent_requests)
+            .or_else(|| {
+                self.organizations
+                    .get(organization_id)
+                    .and_then(|l| l.concurrent_requests)
+            })
+            .or_else(|| plan_limits.and_then(|l| l.concurrent_requests))
     }
 
     /// The limit for one metric, most specific first: workspace, organization, plan.

@@ -23,11 +23,12 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local news = {}
 local ti, trem, treset = 0, -1, 0
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[3 * i - 2])
+  local window = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
-  local nt = tat + interval
+  local nt = tat + interval * cost
   if nt > now + window then
     return {0, i, nt - window - now}
   end
@@ -89,7 +90,9 @@ impl RedisLimiter {
         for b in budgets {
             inv.key(format!("{}{}:{}", self.prefix, b.key, b.metric.name()));
             let window = b.metric.window().as_micros() as u64;
-            inv.arg(window / b.limit.max(1)).arg(window);
+            inv.arg((window / b.limit.max(1)).max(1))
+                .arg(window)
+                .arg(b.cost.max(1));
         }
         tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn))
             .await
