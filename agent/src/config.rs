@@ -255,6 +255,10 @@ pub enum IdentityProvider {
     Introspect,
     /// Verify a JWT bearer token against `identity.jwt.jwks_file`.
     Jwt,
+    /// Believe identity headers set by a peer in `identity.trusted_headers.sources` (an
+    /// auth gateway in front of the agent); anyone else gets 401.
+    #[serde(rename = "trusted_headers")]
+    TrustedHeaders,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -327,6 +331,37 @@ pub struct IdentityConfig {
     pub anonymous: Vec<String>,
     /// For `provider: jwt`.
     pub jwt: JwtConfig,
+    /// For `provider: trusted_headers`.
+    pub trusted_headers: TrustedHeadersConfig,
+}
+
+/// Header names and trusted peers for `provider: trusted_headers`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustedHeadersConfig {
+    /// Peers (CIDR or single address) whose identity headers are believed.
+    pub sources: Vec<String>,
+    pub user_id: String,
+    pub workspace_id: String,
+    pub organization_id: String,
+    pub plan: String,
+    pub billing_status: String,
+    /// Plan when the plan header is absent.
+    pub default_plan: String,
+}
+
+impl Default for TrustedHeadersConfig {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            user_id: "x-minirag-user-id".into(),
+            workspace_id: "x-minirag-workspace-id".into(),
+            organization_id: "x-minirag-organization-id".into(),
+            plan: "x-minirag-plan".into(),
+            billing_status: "x-minirag-billing-status".into(),
+            default_plan: "free".into(),
+        }
+    }
 }
 
 impl Default for IdentityConfig {
@@ -340,6 +375,7 @@ impl Default for IdentityConfig {
             timeout_ms: 2_000,
             anonymous: vec!["/healthz".into(), "/readyz".into(), "/openapi.json".into()],
             jwt: JwtConfig::default(),
+            trusted_headers: TrustedHeadersConfig::default(),
         }
     }
 }
@@ -485,9 +521,33 @@ impl AgentConfig {
         {
             return bad("identity.provider jwt needs identity.jwt.jwks_file".into());
         }
+        if self.identity.provider == IdentityProvider::TrustedHeaders {
+            let t = &self.identity.trusted_headers;
+            if t.sources.is_empty() {
+                return bad("identity.provider trusted_headers needs identity.trusted_headers.sources (the peers allowed to assert identity)".into());
+            }
+            for s in &t.sources {
+                minirag_contracts::net::Cidr::parse(s).map_err(|e| {
+                    ConfigError::Invalid(format!("identity.trusted_headers.sources: {e}"))
+                })?;
+            }
+            for (key, name) in [
+                ("user_id", &t.user_id),
+                ("workspace_id", &t.workspace_id),
+                ("organization_id", &t.organization_id),
+                ("plan", &t.plan),
+                ("billing_status", &t.billing_status),
+            ] {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return bad(format!(
+                        "identity.trusted_headers.{key}: {name:?} is not a header name"
+                    ));
+                }
+            }
+        }
         if self.quotas.policy_file.is_some() && self.identity.provider == IdentityProvider::None {
             return bad(
-                "quotas.policy_file needs identity.provider introspect or jwt (quotas are per workspace)"
+                "quotas.policy_file needs identity.provider introspect, jwt or trusted_headers (quotas are per workspace)"
                     .into(),
             );
         }

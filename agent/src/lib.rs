@@ -54,11 +54,14 @@ pub async fn run(
             let token = source.internal_token.clone().ok_or_else(|| {
                 RunError::Config("identity.provider introspect needs MINIRAG_INTERNAL_TOKEN (or MINIRAG_INTERNAL_TOKEN_FILE)".into())
             })?;
-            Some(identity::Identity::Introspect(identity::Introspector::new(
-                cfg.identity.clone(),
-                token,
+            Some(identity::Identity::Introspect(Box::new(
+                identity::Introspector::new(cfg.identity.clone(), token),
             )))
         }
+        config::IdentityProvider::TrustedHeaders => Some(identity::Identity::TrustedHeaders(
+            identity::trusted::TrustedHeaders::new(&cfg.identity.trusted_headers)
+                .map_err(RunError::Config)?,
+        )),
         config::IdentityProvider::Jwt => Some(identity::Identity::Jwt(
             identity::jwt::JwtVerifier::load(&cfg.identity.jwt).map_err(RunError::Config)?,
         )),

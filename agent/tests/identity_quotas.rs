@@ -480,3 +480,43 @@ async fn concurrency_and_ingest_byte_quotas() {
         .unwrap();
     assert_eq!(r.status(), 411);
 }
+
+#[tokio::test]
+async fn trusted_headers_only_from_configured_sources() {
+    let up = start_upstream().await;
+    let dir = temp_dir("trusted");
+    let policy = dir.join("quotas.yaml");
+    std::fs::write(&policy, "plans:\n  free:\n    requests_per_minute: 2\n").unwrap();
+    let yaml = |sources: &str| {
+        format!(
+            "identity:\n  provider: trusted_headers\n  trusted_headers:\n    sources: [{sources}]\n    workspace_id: x-gw-workspace\nquotas:\n  policy_file: {}\n",
+            policy.display()
+        )
+    };
+    let c = client();
+    let send = |agent: &Agent| {
+        c.get(agent.url("/api/v1/sources"))
+            .header("x-minirag-user-id", "usr_t")
+            .header("x-gw-workspace", "ws_t")
+            .header("x-minirag-organization-id", "org_t")
+            .send()
+    };
+    // The test client is 127.0.0.1: trusted here…
+    let trusted = Agent::start(&format!("http://{}", up.addr), &yaml("127.0.0.1/32"));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(send(&trusted).await.unwrap().status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429],
+        "the asserted workspace gets its quota"
+    );
+    let seen = up.seen.lock().unwrap().clone();
+    let (_, h) = seen.last().unwrap();
+    assert!(h.get("x-gw-workspace").is_none(), "{h}");
+    assert!(h.get("x-minirag-user-id").is_none(), "{h}");
+    // …and not there.
+    let untrusted = Agent::start(&format!("http://{}", up.addr), &yaml("10.0.0.0/8"));
+    assert_eq!(send(&untrusted).await.unwrap().status(), 401);
+}

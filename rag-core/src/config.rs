@@ -3,7 +3,7 @@
 //! Precedence, lowest first: built-in defaults, the YAML file, environment variables,
 //! command-line flags. Every knob is documented in `config/rag-core.yaml`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -488,27 +488,9 @@ impl Config {
     }
 }
 
-/// Parses `10.0.0.0/8`, `127.0.0.1` (a single address) or `::1/128`.
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("ingest.url.allow_private: {s:?} is not an address or CIDR"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("ingest.url.allow_private: bad prefix length in {s:?}"))?,
-        None => max,
-    };
-    Ok((ip, len))
+/// Parses an allow-list entry (`10.0.0.0/8`, `127.0.0.1`, `::1/128`).
+pub fn parse_cidr(s: &str) -> Result<minirag_contracts::net::Cidr, String> {
+    minirag_contracts::net::Cidr::parse(s).map_err(|e| format!("ingest.url.allow_private: {e}"))
 }
 
 #[cfg(test)]
@@ -556,9 +538,14 @@ mod tests {
 
     #[test]
     fn cidr_parsing() {
-        assert_eq!(parse_cidr("127.0.0.0/8").unwrap().1, 8);
-        assert_eq!(parse_cidr("::1").unwrap().1, 128);
+        assert!(
+            parse_cidr("127.0.0.0/8")
+                .unwrap()
+                .contains("127.9.9.9".parse().unwrap())
+        );
+        assert!(parse_cidr("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(parse_cidr("10.0.0.0/33").is_err());
-        assert!(parse_cidr("nope").is_err());
+        let e = parse_cidr("nope").unwrap_err();
+        assert!(e.starts_with("ingest.url.allow_private:"), "{e}");
     }
 }

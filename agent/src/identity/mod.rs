@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 pub mod jwt;
+pub mod trusted;
 
 use crate::config::IdentityConfig;
 use crate::proxy::forward::{Upstream, UpstreamClient};
@@ -49,18 +50,21 @@ enum Lookup {
 
 /// The configured provider.
 pub enum Identity {
-    Introspect(Introspector),
+    Introspect(Box<Introspector>),
     Jwt(jwt::JwtVerifier),
+    TrustedHeaders(trusted::TrustedHeaders),
 }
 
 impl Identity {
     pub async fn resolve(
         &self,
         headers: &HeaderMap,
+        peer: std::net::IpAddr,
         client: &UpstreamClient,
         upstream: &Upstream,
     ) -> Outcome {
         match self {
+            Self::TrustedHeaders(t) => t.resolve(headers, peer),
             Self::Introspect(i) => i.resolve(headers, client, upstream).await,
             Self::Jwt(v) => match presented_key(headers) {
                 Some(t) => match v.verify_cached(t) {

@@ -585,6 +585,19 @@ async fn forward_request(
     });
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::strip_client_identity(&mut parts.headers);
+    if dynamic.cfg.identity.provider == crate::config::IdentityProvider::TrustedHeaders {
+        // Custom names too: what the gateway asserted was for us, not for rag-core.
+        let t = &dynamic.cfg.identity.trusted_headers;
+        for name in [
+            &t.user_id,
+            &t.workspace_id,
+            &t.organization_id,
+            &t.plan,
+            &t.billing_status,
+        ] {
+            parts.headers.remove(name.as_str());
+        }
+    }
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
         h.insert("x-request-id", v);
@@ -723,7 +736,12 @@ async fn admit(
         return Ok(());
     }
     let principal = match identity
-        .resolve(req.headers(), &proxy.client, &dynamic.upstream)
+        .resolve(
+            req.headers(),
+            done.conn.remote.ip(),
+            &proxy.client,
+            &dynamic.upstream,
+        )
         .await
     {
         Outcome::Principal(p) => p,

@@ -3,6 +3,7 @@
 //! rotation scheme the log shipper expects, and how config files are read. Both programs depend on this one definition.
 
 pub mod ids;
+pub mod net;
 pub mod rotate;
 pub mod yaml;
 
