@@ -804,7 +804,8 @@ async fn admit(
         }
     }
     let org = &principal.organization_id;
-    if let Some(limit) = policy.concurrency(&principal.plan, org, ws) {
+    let limits = policy.resolve(&principal.plan, org, ws);
+    if let Some(limit) = limits.concurrency() {
         match proxy.concurrency.try_acquire(ws, limit) {
             Ok((slot, _)) => done._slot = Some(slot),
             Err(_) => {
@@ -828,8 +829,8 @@ async fn admit(
         .and_then(|v| v.parse::<u64>().ok());
     let mut budgets: Vec<Budget> = Vec::with_capacity(8);
     for m in Metric::for_class(done.class) {
-        let ws_limit = policy.limit(&principal.plan, org, ws, *m);
-        let org_limit = policy.organization_total(&principal.plan, org, *m);
+        let ws_limit = limits.limit(*m);
+        let org_limit = limits.organization_total(*m);
         let cost = if m.counts_bytes() && (ws_limit.is_some() || org_limit.is_some()) {
             match declared_bytes {
                 Some(n) => n,

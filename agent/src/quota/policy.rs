@@ -208,44 +208,22 @@ impl Policy {
         Ok(p)
     }
 
-    /// The organization-wide total for one metric: the organization's override, else the
-    /// plan's.
-    pub fn organization_total(&self, plan: &str, organization_id: &str, m: Metric) -> Option<u64> {
-        let plan_limits = self
-            .plans
-            .get(plan)
-            .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d)));
-        self.organizations
-            .get(organization_id)
-            .and_then(|l| l.organization.as_ref())
-            .and_then(|t| t.get(m))
-            .or_else(|| {
-                plan_limits
-                    .and_then(|l| l.organization.as_ref())
-                    .and_then(|t| t.get(m))
-            })
-    }
-
-    /// The per-workspace concurrency limit, most specific first.
-    pub fn concurrency(
-        &self,
+    /// Everything that applies to one principal, from three map lookups (the request path
+    /// asks once, not once per metric).
+    pub fn resolve<'a>(
+        &'a self,
         plan: &str,
         organization_id: &str,
         workspace_id: &str,
-    ) -> Option<u64> {
-        let plan_limits = self
-            .plans
-            .get(plan)
-            .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d)));
-        self.workspaces
-            .get(workspace_id)
-            .and_then(|l| l.concurrent_requests)
-            .or_else(|| {
-                self.organizations
-                    .get(organization_id)
-                    .and_then(|l| l.concurrent_requests)
-            })
-            .or_else(|| plan_limits.and_then(|l| l.concurrent_requests))
+    ) -> Resolved<'a> {
+        Resolved {
+            plan: self
+                .plans
+                .get(plan)
+                .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d))),
+            organization: self.organizations.get(organization_id),
+            workspace: self.workspaces.get(workspace_id),
+        }
     }
 
     /// The limit for one metric, most specific first: workspace, organization, plan.
@@ -256,19 +234,39 @@ impl Policy {
         workspace_id: &str,
         m: Metric,
     ) -> Option<u64> {
-        let plan_limits = self
-            .plans
-            .get(plan)
-            .or_else(|| self.default_plan.as_ref().and_then(|d| self.plans.get(d)));
-        self.workspaces
-            .get(workspace_id)
-            .and_then(|l| l.get(m))
-            .or_else(|| {
-                self.organizations
-                    .get(organization_id)
-                    .and_then(|l| l.get(m))
-            })
-            .or_else(|| plan_limits.and_then(|l| l.get(m)))
+        self.resolve(plan, organization_id, workspace_id).limit(m)
+    }
+}
+
+/// The limits of one principal: workspace override, organization override, plan.
+pub struct Resolved<'a> {
+    plan: Option<&'a Limits>,
+    organization: Option<&'a Limits>,
+    workspace: Option<&'a Limits>,
+}
+
+impl Resolved<'_> {
+    /// The workspace's own limit for `m`, most specific first.
+    pub fn limit(&self, m: Metric) -> Option<u64> {
+        [self.workspace, self.organization, self.plan]
+            .into_iter()
+            .flatten()
+            .find_map(|l| l.get(m))
+    }
+
+    /// The organization-wide total for `m`: the organization's override, else the plan's.
+    pub fn organization_total(&self, m: Metric) -> Option<u64> {
+        [self.organization, self.plan]
+            .into_iter()
+            .flatten()
+            .find_map(|l| l.organization.as_ref().and_then(|t| t.get(m)))
+    }
+
+    pub fn concurrency(&self) -> Option<u64> {
+        [self.workspace, self.organization, self.plan]
+            .into_iter()
+            .flatten()
+            .find_map(|l| l.concurrent_requests)
     }
 }
 
