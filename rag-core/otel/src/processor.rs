@@ -70,7 +70,12 @@ impl BoundedBatchProcessor {
         let worker_stats = Arc::clone(&stats);
         let pending = Arc::new(AtomicUsize::new(0));
         let worker_pending = Arc::clone(&pending);
-        let batch_size = settings.max_export_batch_size.max(1);
+        // Wake the exporter for a full batch, or earlier when the queue is smaller than a
+        // batch (it would otherwise fill and drop before anyone drains it).
+        let batch_size = settings
+            .max_export_batch_size
+            .min(settings.max_queue_size)
+            .max(1);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let handle = std::thread::Builder::new()
             .name("otel-export".into())
@@ -163,6 +168,8 @@ impl BoundedBatchProcessor {
                     if Instant::now() >= deadline {
                         return false;
                     }
+                    // The queue is full: make the exporter drain it so the control fits.
+                    self.thread.unpark();
                     msg = m;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -219,7 +226,11 @@ fn export_loop(
     loop {
         // Sleep until the delay is up or a producer says a full batch is waiting.
         let wait = deadline.saturating_duration_since(Instant::now());
-        if !wait.is_zero() && pending.load(Ordering::Relaxed) < settings.max_export_batch_size {
+        let wake_at = settings
+            .max_export_batch_size
+            .min(settings.max_queue_size)
+            .max(1);
+        if !wait.is_zero() && pending.load(Ordering::Relaxed) < wake_at {
             std::thread::park_timeout(wait);
         }
         let due = Instant::now() >= deadline;
@@ -318,5 +329,72 @@ impl SpanProcessor for BoundedBatchProcessor {
         } else {
             Err(OTelSdkError::Timeout(timeout))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConsoleExporter;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+    fn span(i: u64) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(u128::from(i) + 1),
+                SpanId::from(i + 1),
+                TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "t".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn spans_are_sent_or_counted_and_flush_gets_through_a_full_queue() {
+        let p = BoundedBatchProcessor::start(
+            || Ok(AnyExporter::Console(ConsoleExporter::default())),
+            BatchSettings {
+                max_queue_size: 4,
+                max_export_batch_size: 100,
+                schedule_delay: Duration::from_secs(30),
+                export_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        for i in 0..10 {
+            p.push(span(i));
+        }
+        let stats = p.stats();
+        // A flush must get through even when the queue is full (it wakes the exporter).
+        assert!(p.flush(Duration::from_secs(5)));
+        let exported = stats.exported.load(Ordering::Relaxed);
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        assert_eq!(
+            exported + dropped,
+            10,
+            "every span is either sent or counted"
+        );
+        assert!(exported >= 4, "at least a queue's worth got through");
+        p.push_deferred(2, Box::new(|out| out.extend([span(20), span(21)])));
+        assert!(p.shutdown(Duration::from_secs(5)));
+        assert_eq!(stats.exported.load(Ordering::Relaxed), exported + 2);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+        // After shutdown nothing is queued any more, and that is counted too.
+        p.push(span(30));
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), dropped + 1);
     }
 }

@@ -39,15 +39,19 @@ pub struct Settings {
     pub batch: BatchSettings,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+/// Reads one variable: trimmed, empty = unset.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
-fn flag(name: &str) -> Result<Option<bool>, String> {
-    match var(name).map(|v| v.to_ascii_lowercase()) {
+fn clean(v: Option<String>) -> Option<String> {
+    v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn flag(env: Lookup, name: &str) -> Result<Option<bool>, String> {
+    match clean(env(name)).map(|v| v.to_ascii_lowercase()) {
         None => Ok(None),
         Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(Some(true)),
         Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(Some(false)),
@@ -55,8 +59,8 @@ fn flag(name: &str) -> Result<Option<bool>, String> {
     }
 }
 
-fn number(name: &str, default: u64) -> Result<u64, String> {
-    match var(name) {
+fn number(env: Lookup, name: &str, default: u64) -> Result<u64, String> {
+    match clean(env(name)) {
         None => Ok(default),
         Some(v) => v
             .parse::<u64>()
@@ -68,11 +72,17 @@ fn number(name: &str, default: u64) -> Result<u64, String> {
 
 impl Settings {
     pub fn from_env(default_service_name: &str) -> Result<Self, String> {
+        Self::from_lookup(default_service_name, &process_env)
+    }
+
+    /// The same rules over any variable source (tests pass a map).
+    pub fn from_lookup(default_service_name: &str, env: Lookup) -> Result<Self, String> {
+        let var = |name: &str| clean(env(name));
         let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .is_some();
-        let disabled = flag("OTEL_SDK_DISABLED")?.unwrap_or(false);
-        let wanted = flag("OTEL_ENABLED")?.unwrap_or(endpoint);
+        let disabled = flag(env, "OTEL_SDK_DISABLED")?.unwrap_or(false);
+        let wanted = flag(env, "OTEL_ENABLED")?.unwrap_or(endpoint);
         let exporter = match var("OTEL_TRACES_EXPORTER").as_deref() {
             Some("otlp") => ExporterKind::Otlp,
             None if endpoint => ExporterKind::Otlp,
@@ -89,13 +99,13 @@ impl Settings {
                 .any(|kv| kv.trim().starts_with("service.name="))
         });
         let batch = BatchSettings {
-            max_queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
-            max_export_batch_size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize,
-            schedule_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000)?),
-            export_timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?),
+            max_queue_size: number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
+            max_export_batch_size: number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize,
+            schedule_delay: Duration::from_millis(number(env, "OTEL_BSP_SCHEDULE_DELAY", 1000)?),
+            export_timeout: Duration::from_millis(number(env, "OTEL_BSP_EXPORT_TIMEOUT", 30_000)?),
         };
         if exporter == ExporterKind::Otlp && wanted && !disabled {
-            protocol()?;
+            protocol(env)?;
         }
         Ok(Self {
             enabled: wanted && !disabled,
@@ -130,10 +140,10 @@ enum Protocol {
     Grpc,
 }
 
-fn protocol() -> Result<Protocol, String> {
-    let (name, value) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+fn protocol(env: Lookup) -> Result<Protocol, String> {
+    let (name, value) = match clean(env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")) {
         Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
-        None => match var("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        None => match clean(env("OTEL_EXPORTER_OTLP_PROTOCOL")) {
             Some(v) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
             None => return Ok(Protocol::HttpProtobuf),
         },
@@ -150,7 +160,7 @@ fn protocol() -> Result<Protocol, String> {
 /// The OTLP exporter for the configured protocol; endpoint, headers, timeout and
 /// compression come from the environment through opentelemetry-otlp.
 pub(crate) fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, Error> {
-    let built = match protocol().map_err(Error::Settings)? {
+    let built = match protocol(&process_env).map_err(Error::Settings)? {
         Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_protocol(opentelemetry_otlp::Protocol::Grpc)
@@ -168,4 +178,92 @@ pub(crate) fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, Error>
         }
     };
     built.map_err(|e| Error::Exporter(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup("svc", &move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn switches() {
+        assert!(!settings(&[]).unwrap().enabled, "off by default");
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]).unwrap();
+        assert!(
+            s.enabled && s.exporter == ExporterKind::Otlp,
+            "an endpoint turns it on"
+        );
+        let s = settings(&[("OTEL_ENABLED", "true")]).unwrap();
+        assert!(
+            s.enabled && s.exporter == ExporterKind::Console,
+            "no endpoint: console"
+        );
+        let s = settings(&[
+            ("OTEL_ENABLED", "false"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+        ])
+        .unwrap();
+        assert!(!s.enabled);
+        let s = settings(&[
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ])
+        .unwrap();
+        assert!(
+            !s.enabled,
+            "OTEL_SDK_DISABLED wins and nothing else is validated"
+        );
+        assert!(
+            !settings(&[("OTEL_TRACES_EXPORTER", "none"), ("OTEL_ENABLED", "true")])
+                .unwrap()
+                .enabled
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = settings(&[("OTEL_ENABLED", "maybe")]).unwrap_err();
+        assert!(e.contains("OTEL_ENABLED"), "{e}");
+        let e = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ])
+        .unwrap_err();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "{e}");
+        let e = settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]).unwrap_err();
+        assert!(e.contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{e}");
+        let e = settings(&[("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap_err();
+        assert!(e.contains("OTEL_TRACES_EXPORTER"), "{e}");
+    }
+
+    #[test]
+    fn service_name_and_batch() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.service_name, "svc");
+        assert!(!s.service_name_from_env);
+        let s = settings(&[("OTEL_SERVICE_NAME", "edge")]).unwrap();
+        assert_eq!(s.service_name, "edge");
+        assert!(s.service_name_from_env);
+        let s = settings(&[("OTEL_RESOURCE_ATTRIBUTES", "a=b, service.name=x")]).unwrap();
+        assert!(
+            s.service_name_from_env,
+            "left to the SDK's resource detector"
+        );
+        let s = settings(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_BSP_SCHEDULE_DELAY", " 250 "),
+        ])
+        .unwrap();
+        assert_eq!(s.batch.max_queue_size, 64);
+        assert_eq!(s.batch.schedule_delay, Duration::from_millis(250));
+        assert_eq!(s.batch.max_export_batch_size, 512);
+    }
 }
