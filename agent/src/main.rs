@@ -42,6 +42,11 @@ enum Command {
         /// Quota policy file (see config/quotas.yaml); overrides quotas.policy_file.
         #[arg(long)]
         quotas: Option<PathBuf>,
+        /// Worker threads of the async runtime. 1 runs everything on one thread (like one
+        /// nginx worker: no cross-thread hand-offs); more uses a work-stealing pool
+        /// [default: one per CPU].
+        #[arg(long, env = "MINIRAG_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_threads: Option<u16>,
     },
     /// Run the whole stack locally: rag-core as a supervised child, the proxy in front.
     Up {
@@ -87,7 +92,20 @@ fn internal_token() -> anyhow::Result<Option<String>> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+fn runtime_with(worker_threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -101,6 +119,7 @@ fn run() -> anyhow::Result<()> {
             admin_listen,
             upstream,
             quotas,
+            worker_threads,
         } => {
             let source = minirag_agent::reload::ConfigSource {
                 file: config,
@@ -113,7 +132,7 @@ fn run() -> anyhow::Result<()> {
             };
             // Fail fast, before any socket is bound, on a bad file or flag.
             source.load()?;
-            runtime()?.block_on(minirag_agent::run(source, None))?;
+            runtime_with(worker_threads)?.block_on(minirag_agent::run(source, None))?;
         }
         Command::Up {
             data_dir,

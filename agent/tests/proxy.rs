@@ -500,3 +500,32 @@ async fn client_leaving_early_is_recorded_and_connect_timeouts_answer_504() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(full);
 }
+
+#[tokio::test]
+async fn a_single_threaded_runtime_serves_concurrent_and_slow_requests() {
+    let up = start_upstream().await;
+    let agent = Agent::start_env(
+        &format!("http://{}", up.addr),
+        "",
+        &[("MINIRAG_AGENT_WORKER_THREADS", "1")],
+    );
+    let c = client();
+    // A slow upstream answer must not hold up the others on the one thread.
+    let slow = tokio::spawn(c.get(agent.url("/slow")).send());
+    let started = Instant::now();
+    let fast: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(c.get(agent.url(&format!("/n/{i}"))).send()))
+        .collect();
+    for f in fast {
+        assert_eq!(f.await.unwrap().unwrap().status(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_minirag-agent"))
+        .args(["run", "--worker-threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("worker-threads"));
+}

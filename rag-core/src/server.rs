@@ -188,6 +188,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             "grace period over; exiting with requests still open"
         ),
     }
+    // The last spans go out before exit (bounded: a dead collector cannot hold it).
+    let _ = tokio::task::spawn_blocking(crate::obs::trace::shutdown).await;
     Ok(())
 }
 

@@ -167,7 +167,18 @@ pub(crate) fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, Error>
             .build(),
         Protocol::HttpProtobuf => {
             let _ = rustls::crypto::ring::default_provider().install_default();
+            // The exporter's timeout bounds its retries; this bounds each HTTP request, so a
+            // hanging collector costs one timeout, not the whole export deadline.
+            let timeout = [
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ]
+            .iter()
+            .find_map(|k| clean(process_env(k)).and_then(|v| v.parse::<u64>().ok()))
+            .filter(|ms| *ms > 0)
+            .unwrap_or(10_000);
             let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(timeout))
                 .build()
                 .map_err(|e| Error::Exporter(e.to_string()))?;
             opentelemetry_otlp::SpanExporter::builder()

@@ -15,6 +15,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// Spans leave the process (a pipeline is configured): only then may an exemplar point
+/// at a trace id.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Builds the tracer provider (exporting through `pipeline` when tracing is on) and the
 /// `tracing` layer that feeds it.
@@ -26,6 +29,7 @@ where
 {
     let mut builder = SdkTracerProvider::builder();
     if let Some(p) = pipeline {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         builder = builder
             .with_resource(p.resource().clone())
             .with_span_processor(p.processor());
@@ -82,7 +86,8 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
 
 /// Whether `span` is exported (so an exemplar may point at it).
 pub fn sampled(span: &tracing::Span) -> bool {
-    span.context().span().span_context().is_sampled()
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+        && span.context().span().span_context().is_sampled()
 }
 
 struct HeaderInjector<'a>(&'a mut reqwest::header::HeaderMap);
@@ -115,18 +120,28 @@ pub fn outbound_headers() -> reqwest::header::HeaderMap {
 /// A CLIENT span for one outbound HTTP call (semantic conventions; the query string is
 /// left out of `url.full` so secrets in it never reach the tracing backend).
 pub fn client_span(method: &'static str, url: &str) -> tracing::Span {
-    let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    let host = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
+    // No query, fragment or user:password@ in the attribute: they may hold secrets.
+    let (without_query, host) = match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let host = u.host_str().unwrap_or_default().to_owned();
+            (u.to_string(), host)
+        }
+        Err(_) => (
+            url.split(['?', '#']).next().unwrap_or(url).to_owned(),
+            String::new(),
+        ),
+    };
     tracing::info_span!(
         "outbound",
         otel.name = method,
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
         http.request.method = method,
-        url.full = without_query,
+        url.full = %without_query,
         server.address = %host,
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
@@ -146,7 +161,7 @@ pub fn client_failed(span: &tracing::Span, kind: &str) {
     span.record("otel.status_code", "error");
 }
 
-/// Sends what is queued; called on shutdown.
+/// Sends what is queued; called on shutdown (waits at most 5 s).
 pub fn shutdown() {
     if let Some(p) = PROVIDER.get() {
         let _ = p.force_flush();
