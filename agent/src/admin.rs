@@ -135,3 +135,53 @@ fn redacted_config(cfg: &crate::config::AgentConfig) -> serde_json::Value {
     }
     v
 }
+
+/// A metrics-only admin listener (`ship` mode: no proxy): `/metrics`, `/healthz`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Arc<prometheus_client::registry::Registry>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let resp = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => {
+                            let mut out = String::new();
+                            if prometheus_client::encoding::text::encode(&mut out, &registry)
+                                .is_err()
+                            {
+                                out.clear();
+                            }
+                            let mut r = Response::new(Full::new(Bytes::from(out)));
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                http::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                            r
+                        }
+                        (&Method::GET, "/healthz" | "/readyz") => {
+                            json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+                        }
+                        _ => json(
+                            StatusCode::NOT_FOUND,
+                            serde_json::json!({"error": "not_found", "message": "no such admin route", "request_id": null}),
+                        ),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub lifecycle: Lifecycle,
     pub identity: IdentityConfig,
     pub quotas: QuotasConfig,
+    /// Log tailing and shipping (off by default in `run`; see config/agent.yaml).
+    pub logship: crate::logship::LogshipConfig,
 }
 
 impl Default for AgentConfig {
@@ -54,6 +56,7 @@ impl Default for AgentConfig {
             lifecycle: Lifecycle::default(),
             identity: IdentityConfig::default(),
             quotas: QuotasConfig::default(),
+            logship: crate::logship::LogshipConfig::default(),
         }
     }
 }
@@ -472,11 +475,18 @@ impl AgentConfig {
         if let Some(v) = get("MINIRAG_AGENT_REDIS_URL") {
             self.quotas.redis_url = Some(v);
         }
+        self.logship
+            .apply_env(&get)
+            .map_err(|message| ConfigError::Env {
+                name: "LOG_RETENTION_DAYS",
+                message,
+            })?;
         Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.logship.validate().map_err(ConfigError::Invalid)?;
         if crate::proxy::forward::Upstream::parse(&self.upstream).is_err() {
             return bad(format!(
                 "upstream {:?} must be http://host:port",

@@ -6,10 +6,12 @@ pub mod admin;
 pub mod config;
 pub mod identity;
 pub mod log;
+pub mod logship;
 pub mod metrics;
 pub mod proxy;
 pub mod quota;
 pub mod reload;
+pub mod ship;
 pub mod telemetry;
 pub mod tls;
 pub mod up;
@@ -46,7 +48,25 @@ pub async fn run(
     let cfg = source.load().map_err(|e| RunError::Config(e.to_string()))?;
     let tracing = minirag_otel::Pipeline::from_env("minirag-agent")
         .map_err(|e| RunError::Config(format!("tracing: {e}")))?;
-    let metrics = Arc::new(metrics::Metrics::new(tracing.as_ref().map(|t| t.stats())));
+    let shipper = if cfg.logship.enabled {
+        let extra: Vec<String> = cfg
+            .access_log
+            .file
+            .iter()
+            .map(|f| logship::access_log_glob(f))
+            .collect();
+        Some(
+            logship::Logship::start(&cfg.logship, &extra)
+                .map_err(|e| RunError::Config(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let mut metrics = metrics::Metrics::new(tracing.as_ref().map(|t| t.stats()));
+    if let Some(s) = &shipper {
+        metrics = metrics.with_collector(Box::new(logship::stats::LogshipCollector(s.stats())));
+    }
+    let metrics = Arc::new(metrics);
     let dynamic = Dynamic::build(cfg.clone(), &metrics).map_err(RunError::Config)?;
     let identity = match cfg.identity.provider {
         config::IdentityProvider::None => None,
@@ -162,6 +182,14 @@ pub async fn run(
     drop(admin_state);
     drop(proxy);
     tokio::time::sleep(Duration::from_millis(cfg.access_log.flush_interval_ms + 50)).await;
+    // Whatever the shipper cannot deliver now stays unacknowledged and is read again
+    // on the next start.
+    if let Some(s) = shipper {
+        s.shutdown(Duration::from_secs(
+            cfg.lifecycle.grace_seconds.clamp(1, 10),
+        ))
+        .await;
+    }
     Ok(())
 }
 

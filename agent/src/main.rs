@@ -61,6 +61,33 @@ enum Command {
         #[arg(long)]
         rag_core: Option<PathBuf>,
     },
+    /// Ship log files only (no proxy): a VM log shipper. Flags override the file's
+    /// `logship` section; without a file, `--file` and `--to` make a one-line setup.
+    Ship {
+        #[arg(long, env = "MINIRAG_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Glob of files to tail (repeatable) [default: logship.paths].
+        #[arg(long = "file")]
+        files: Vec<String>,
+        /// One destination: an http(s) URL (NDJSON POST), `-` (stdout) or a file path
+        /// [default: logship.sinks].
+        #[arg(long)]
+        to: Option<String>,
+        /// Checkpoint directory [default: logship.data_dir].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Serve /metrics here [default: the config file's admin_listen; none without a file].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Worker threads of the async runtime (1 = single-threaded).
+        #[arg(long, env = "MINIRAG_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_threads: Option<u16>,
+    },
+    /// On-call tools over the local log files.
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -68,6 +95,21 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum LogsCommand {
+    /// Print every local log line (agent and rag-core; live, rotated and gzipped) that
+    /// carries REQUEST_ID, in time order.
+    Sample {
+        request_id: String,
+        /// Files to search (globs, repeatable) [default: logship.paths and the access log
+        /// of --config, else data/logs/*.log*].
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        #[arg(long, env = "MINIRAG_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +189,58 @@ fn run() -> anyhow::Result<()> {
                 rag_core,
             };
             runtime()?.block_on(minirag_agent::up::up(opts))?;
+        }
+        Command::Ship {
+            config,
+            files,
+            to,
+            state_dir,
+            admin_listen,
+            worker_threads,
+        } => {
+            let opts = minirag_agent::ship::ShipOptions {
+                config,
+                files,
+                to,
+                state_dir,
+                admin_listen,
+            };
+            minirag_agent::ship::effective(&opts)?;
+            runtime_with(worker_threads)?.block_on(minirag_agent::ship::ship(opts))?;
+        }
+        Command::Logs {
+            command:
+                LogsCommand::Sample {
+                    request_id,
+                    paths,
+                    config,
+                },
+        } => {
+            let patterns = if !paths.is_empty() {
+                paths
+            } else if let Some(file) = config {
+                let cfg = AgentConfig::load(Some(&file))?;
+                let mut p = cfg.logship.paths.clone();
+                if let Some(a) = &cfg.access_log.file {
+                    p.push(minirag_agent::logship::access_log_glob(a));
+                }
+                p
+            } else {
+                vec!["data/logs/*.log*".to_string()]
+            };
+            let (found, files) = minirag_agent::logship::sample::sample(&request_id, &patterns)?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for f in &found {
+                writeln!(out, "{}", f.line)?;
+            }
+            eprintln!(
+                "{} line(s) with request_id {request_id} in {files} file(s)",
+                found.len()
+            );
+            if found.is_empty() {
+                return Err(anyhow::anyhow!("no line carries request_id {request_id}"));
+            }
         }
         Command::Config {
             command: ConfigCommand::Check { file },

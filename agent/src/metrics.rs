@@ -334,6 +334,12 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector encoded at scrape time (e.g. the log shipper's counters).
+    pub fn with_collector(mut self, c: Box<dyn Collector>) -> Self {
+        self.registry.register_collector(c);
+        self
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -51,6 +51,11 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Makes what was written durable (for sinks that acknowledge only after fsync).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     fn backup(&self, n: u32) -> PathBuf {
         let mut name = self.path.as_os_str().to_owned();
         name.push(format!(".{n}"));

@@ -1,0 +1,480 @@
+//! The file source: finds files by glob (on an interval and on inotify events), follows
+//! each by identity across renames, and feeds chunks of records to every sink's
+//! bounded queue, waiting when one is full (backpressure: reading stops, nothing is
+//! dropped). Runs on its own thread: file reads are blocking and cheap from page cache.
+
+pub mod tail;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::logship::checkpoint::{Entry, FileIdentity, Store, Tracker};
+use crate::logship::chunk::Chunk;
+use crate::logship::config::{LogshipConfig, ReadFrom};
+use crate::logship::record::Enrichment;
+use crate::logship::stats::{ReaderStats, SinkStats};
+use tail::{Read, TailLimits, Tailer, head_matches, identify};
+
+/// One sink's queue as the reader sees it.
+pub struct Output {
+    pub tx: tokio::sync::mpsc::Sender<Arc<Chunk>>,
+    pub stats: Arc<SinkStats>,
+}
+
+pub struct Reader {
+    patterns: Vec<String>,
+    exclude: Vec<glob::Pattern>,
+    cfg: Arc<LogshipConfig>,
+    limits: TailLimits,
+    static_fields: Vec<(String, String)>,
+    tailers: Vec<Tailer>,
+    tracker: Arc<Tracker>,
+    store: Arc<Store>,
+    stats: Arc<crate::logship::stats::Stats>,
+    outputs: Vec<Output>,
+    /// Checkpoint entries not matched to a file yet (only until the first discovery).
+    resume: Vec<Entry>,
+    first_start: bool,
+    /// Files let go recently: a copy of one (copytruncate) continues where it stopped.
+    recent: VecDeque<(FileIdentity, u64)>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
+}
+
+/// Wake-ups from inotify; `structure` asks for a discovery pass (created, renamed,
+/// removed), anything else only for a read pass.
+#[derive(Default)]
+pub struct Wake {
+    pub structure: AtomicBool,
+    lock: std::sync::Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self, structure: bool) {
+        if structure {
+            self.structure.store(true, Relaxed);
+        }
+        let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        *g = true;
+        self.cond.notify_one();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut g, _) = self
+            .cond
+            .wait_timeout_while(g, timeout, |woken| !*woken)
+            .unwrap_or_else(|p| p.into_inner());
+        *g = false;
+    }
+}
+
+pub struct ReaderParts {
+    pub cfg: Arc<LogshipConfig>,
+    pub patterns: Vec<String>,
+    pub static_fields: Vec<(String, String)>,
+    pub tracker: Arc<Tracker>,
+    pub store: Arc<Store>,
+    pub stats: Arc<crate::logship::stats::Stats>,
+    pub outputs: Vec<Output>,
+    pub resume: Option<Vec<Entry>>,
+    pub stop: Arc<AtomicBool>,
+    pub wake: Arc<Wake>,
+}
+
+const RECENT_FILES: usize = 64;
+
+impl Reader {
+    pub fn new(p: ReaderParts) -> Self {
+        let limits = TailLimits {
+            read_bytes: p.cfg.read_chunk_bytes,
+            max_line_bytes: p.cfg.max_line_bytes,
+            partial_timeout: Duration::from_millis(p.cfg.partial_line_timeout_ms),
+        };
+        let exclude = p
+            .cfg
+            .exclude
+            .iter()
+            .filter_map(|e| glob::Pattern::new(e).ok())
+            .collect();
+        Self {
+            patterns: p.patterns,
+            exclude,
+            limits,
+            static_fields: p.static_fields,
+            tailers: Vec::new(),
+            tracker: p.tracker,
+            store: p.store,
+            stats: p.stats,
+            outputs: p.outputs,
+            first_start: p.resume.is_none(),
+            resume: p.resume.unwrap_or_default(),
+            recent: VecDeque::new(),
+            stop: p.stop,
+            wake: p.wake,
+            cfg: p.cfg,
+        }
+    }
+
+    fn rs(&self) -> &ReaderStats {
+        &self.stats.reader
+    }
+
+    fn enrichment(&self, path: &Path) -> Enrichment {
+        Enrichment::new(
+            &self.static_fields,
+            &path.display().to_string(),
+            &self.cfg.redact,
+        )
+    }
+
+    /// Runs until `stop` is set or every sink queue is closed.
+    pub fn run(mut self) {
+        let discover_every = Duration::from_millis(self.cfg.discover_interval_ms.max(10));
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(1));
+        let mut next_discover = Instant::now();
+        let mut first = true;
+        while !self.stop.load(Relaxed) {
+            if Instant::now() >= next_discover || self.wake.structure.swap(false, Relaxed) {
+                self.discover();
+                next_discover = Instant::now() + discover_every;
+                if first {
+                    first = false;
+                    // From now on files are known: persist that before reading, so a crash
+                    // right now does not make the next start a "first start" again.
+                    let (_, entries) = self.tracker.snapshot();
+                    if let Err(e) = self.store.save(&entries) {
+                        self.rs().checkpoint_errors.fetch_add(1, Relaxed);
+                        crate::log::error("logship.checkpoint_failed", &e.to_string());
+                    }
+                    self.resume.clear();
+                    self.first_start = false;
+                }
+            }
+            let progressed = match self.read_pass() {
+                Ok(p) => p,
+                Err(Closed) => return,
+            };
+            if self.release_pass().is_err() {
+                return;
+            }
+            if !progressed {
+                let until_discover = next_discover.saturating_duration_since(Instant::now());
+                self.wake
+                    .wait(poll.min(until_discover).max(Duration::from_millis(1)));
+            }
+        }
+    }
+
+    /// One chunk from every file with new data (round robin keeps big files from
+    /// starving small ones).
+    fn read_pass(&mut self) -> Result<bool, Closed> {
+        let mut progressed = false;
+        for i in 0..self.tailers.len() {
+            let flush = self.tailers[i].gone_since.is_some();
+            let read = self.tailers[i].read(&self.limits, &self.stats.reader, flush);
+            match read {
+                Ok(Read::Parts(parts)) => {
+                    progressed = true;
+                    self.emit(i, parts)?;
+                }
+                Ok(Read::Idle) => {}
+                Ok(Read::Truncated { size }) => {
+                    progressed = true;
+                    self.truncated(i, size);
+                }
+                Err(e) => {
+                    self.rs().read_errors.fetch_add(1, Relaxed);
+                    crate::log::warn(
+                        "logship.read_failed",
+                        &format!("reading {}: {e}", self.tailers[i].path.display()),
+                    );
+                }
+            }
+        }
+        Ok(progressed)
+    }
+
+    fn emit(&mut self, i: usize, parts: tail::Parts) -> Result<(), Closed> {
+        let t = &self.tailers[i];
+        let sinks = if parts.records.is_empty() {
+            0
+        } else {
+            self.outputs.len()
+        };
+        let seq = self.tracker.begin(t.key, parts.end_offset, sinks);
+        if sinks == 0 {
+            return Ok(());
+        }
+        let bytes = parts.data.len() as u64;
+        let chunk = Arc::new(Chunk {
+            file: t.key,
+            seq,
+            path: Arc::clone(&t.path_label),
+            fingerprint: t.id.fp,
+            data: parts.data,
+            records: parts.records,
+            end_offset: parts.end_offset,
+            read_at: Instant::now(),
+            tracker: Arc::clone(&self.tracker),
+        });
+        for out in &self.outputs {
+            out.stats.buffer_bytes.fetch_add(bytes, Relaxed);
+            // Blocks while the sink's queue is full: that is the backpressure. The
+            // queue closes only when the sink is shut down.
+            if out.tx.blocking_send(Arc::clone(&chunk)).is_err() {
+                out.stats.buffer_bytes.fetch_sub(bytes, Relaxed);
+                return Err(Closed);
+            }
+        }
+        Ok(())
+    }
+
+    fn truncated(&mut self, i: usize, size: u64) {
+        self.rs().files_truncated.fetch_add(1, Relaxed);
+        let t = &self.tailers[i];
+        crate::log::warn(
+            "logship.file_truncated",
+            &format!(
+                "{} shrank to {size} bytes below the read offset {}; reading it again from the start",
+                t.path.display(),
+                t.position()
+            ),
+        );
+        let (old_id, old_offset, old_key) = (t.id, t.resume_offset(), t.key);
+        self.remember(old_id, old_offset);
+        self.tracker.release(old_key);
+        let (id, size) = match identify(&self.tailers[i].file) {
+            Ok(v) => v,
+            Err(_) => (self.tailers[i].id, size),
+        };
+        let key = self
+            .tracker
+            .register(id, self.tailers[i].path.clone(), 0, size);
+        self.tailers[i].restart(key, id);
+    }
+
+    fn remember(&mut self, id: FileIdentity, offset: u64) {
+        if id.full() {
+            if self.recent.len() >= RECENT_FILES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((id, offset));
+        }
+    }
+
+    /// Lets go of files that left the globs once read to their end, or after
+    /// `rotate_wait_seconds` (counting what was never read).
+    fn release_pass(&mut self) -> Result<(), Closed> {
+        let wait = Duration::from_secs(self.cfg.rotate_wait_seconds);
+        let mut i = 0;
+        while i < self.tailers.len() {
+            let t = &self.tailers[i];
+            let Some(since) = t.gone_since else {
+                i += 1;
+                continue;
+            };
+            let done = t.at_eof && t.resume_offset() == t.position();
+            if !done && since.elapsed() < wait {
+                i += 1;
+                continue;
+            }
+            let t = self.tailers.swap_remove(i);
+            if !done {
+                let md = t.file.metadata().ok();
+                let unread = md
+                    .as_ref()
+                    .map_or(0, |m| m.len().saturating_sub(t.position()));
+                let deleted = md.is_some_and(|m| m.nlink() == 0);
+                let counter = if deleted {
+                    &self.stats.reader.bytes_dropped_deleted
+                } else {
+                    &self.stats.reader.bytes_dropped_rotated
+                };
+                counter.fetch_add(unread, Relaxed);
+                crate::log::error(
+                    "logship.file_dropped",
+                    &format!(
+                        "{} left the watched paths and could not be shipped within rotate_wait_seconds={}; {unread} unread bytes dropped",
+                        t.path.display(),
+                        self.cfg.rotate_wait_seconds
+                    ),
+                );
+            }
+            self.stats.reader.files_released.fetch_add(1, Relaxed);
+            self.remember(t.id, t.resume_offset());
+            self.tracker.release(t.key);
+        }
+        Ok(())
+    }
+
+    fn matched_paths(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for p in &self.patterns {
+            let Ok(paths) = glob::glob(p) else { continue };
+            for path in paths.flatten() {
+                if self.exclude.iter().any(|e| e.matches_path(&path)) {
+                    continue;
+                }
+                if !self.cfg.read_gzip && path.extension().is_some_and(|e| e == "gz") {
+                    continue;
+                }
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    fn discover(&mut self) {
+        for t in &mut self.tailers {
+            t.seen = false;
+        }
+        let mut candidates: Vec<(PathBuf, std::fs::Metadata)> = self
+            .matched_paths()
+            .into_iter()
+            .filter_map(|p| {
+                std::fs::metadata(&p)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| (p, m))
+            })
+            .collect();
+        // Oldest first: after a restart rotated files are shipped before the live one.
+        candidates.sort_by_key(|(_, m)| m.mtime());
+        for (path, md) in candidates {
+            if let Some(t) = self
+                .tailers
+                .iter_mut()
+                .find(|t| t.id.dev == md.dev() && t.id.ino == md.ino())
+            {
+                if t.seen {
+                    continue; // a second name for the same file (hard link, two globs)
+                }
+                t.seen = true;
+                if t.path != path {
+                    let e = Enrichment::new(
+                        &self.static_fields,
+                        &path.display().to_string(),
+                        &self.cfg.redact,
+                    );
+                    t.set_path(path.clone(), e);
+                }
+                let size = md.len();
+                if !t.id.full()
+                    && size > u64::from(t.id.fp_len)
+                    && let Ok((id, _)) = identify(&t.file)
+                    && id.dev == t.id.dev
+                    && id.ino == t.id.ino
+                {
+                    t.id = id;
+                }
+                self.tracker.observe(t.key, Some(&path), t.id, size);
+                continue;
+            }
+            if self.tailers.len() >= self.cfg.max_open_files {
+                continue; // picked up when a slot frees
+            }
+            self.open(path);
+        }
+        let now = Instant::now();
+        for t in &mut self.tailers {
+            if t.seen {
+                t.gone_since = None;
+            } else if t.gone_since.is_none() {
+                t.gone_since = Some(now);
+            }
+        }
+    }
+
+    fn open(&mut self, path: PathBuf) {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.rs().read_errors.fetch_add(1, Relaxed);
+                crate::log::warn(
+                    "logship.open_failed",
+                    &format!("cannot open {}: {e}", path.display()),
+                );
+                return;
+            }
+        };
+        let Ok((id, size)) = identify(&file) else {
+            return;
+        };
+        // The path may have been rotated between the stat and the open.
+        if self
+            .tailers
+            .iter()
+            .any(|t| t.id.dev == id.dev && t.id.ino == id.ino)
+        {
+            return;
+        }
+        let offset = self.start_offset(&file, &id, size, &path);
+        let key = self.tracker.register(id, path.clone(), offset, size);
+        let enrich = self.enrichment(&path);
+        self.stats.reader.files_opened.fetch_add(1, Relaxed);
+        self.tailers
+            .push(Tailer::new(key, file, path, id, enrich, offset));
+    }
+
+    /// Where to start reading a file seen for the first time in this process.
+    fn start_offset(&mut self, file: &File, id: &FileIdentity, size: u64, path: &Path) -> u64 {
+        // 1. The same inode with the same head: resume where the checkpoint says.
+        if let Some(i) = self
+            .resume
+            .iter()
+            .position(|e| e.id.dev == id.dev && e.id.ino == id.ino && head_matches(file, &e.id))
+        {
+            let e = self.resume.swap_remove(i);
+            if e.offset > size {
+                self.rs().files_truncated.fetch_add(1, Relaxed);
+                crate::log::warn(
+                    "logship.file_truncated",
+                    &format!(
+                        "{} is shorter ({size}) than its checkpoint ({}); reading it from the start",
+                        path.display(),
+                        e.offset
+                    ),
+                );
+                return 0;
+            }
+            return e.offset;
+        }
+        // 2. The same content under another inode: a copy (copytruncate) of a file we
+        //    were reading continues where that file stopped.
+        if id.full() {
+            if let Some(i) = self
+                .resume
+                .iter()
+                .position(|e| e.id.full() && e.id.fp == id.fp)
+            {
+                let e = self.resume.swap_remove(i);
+                return e.offset.min(size);
+            }
+            if let Some(t) = self
+                .tailers
+                .iter()
+                .find(|t| t.id.full() && t.id.fp == id.fp)
+            {
+                return t.resume_offset().min(size);
+            }
+            if let Some((_, off)) = self.recent.iter().rev().find(|(r, _)| r.fp == id.fp) {
+                return (*off).min(size);
+            }
+        }
+        if self.first_start && self.cfg.read_from == ReadFrom::End {
+            return size;
+        }
+        0
+    }
+}
+
+/// Every sink queue is closed: the shipper is shutting down.
+#[derive(Debug)]
+pub struct Closed;
