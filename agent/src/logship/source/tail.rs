@@ -238,7 +238,9 @@ impl Tailer {
         while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
             let line = &buf[start..start + nl];
             let offset = self.consumed + start as u64;
-            if self.skipping_from.take().is_none() {
+            // Blank lines carry nothing (and one ends a partial line already shipped).
+            let blank = line.iter().all(|b| matches!(b, b'\r' | b' ' | b'\t'));
+            if self.skipping_from.take().is_none() && !blank {
                 let cut = line.len() > limits.max_line_bytes;
                 let line = if cut {
                     stats.lines_truncated.fetch_add(1, Relaxed);
