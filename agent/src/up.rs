@@ -145,6 +145,19 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
     cfg.lifecycle.drain_delay_seconds = 0;
     cfg.access_log.stdout = false;
     cfg.access_log.file = Some(opts.data_dir.join("logs/access.log"));
+    // Ship both programs' logs to the embedded default sink: one NDJSON file under the
+    // data directory (what a central store would receive), checkpoints beside it.
+    cfg.logship.enabled = true;
+    cfg.logship.data_dir = opts.data_dir.join("agent");
+    cfg.logship.paths = vec![crate::logship::access_log_glob(
+        &opts.data_dir.join("logs/rag.log"),
+    )];
+    cfg.logship.sinks = vec![crate::logship::config::SinkConfig::File(
+        crate::logship::config::FileSinkConfig {
+            path: opts.data_dir.join("shipped/logs.ndjson"),
+            ..Default::default()
+        },
+    )];
     eprintln!(
         "\nMini-RAG is up: http://{} (admin http://{}; rag-core on 127.0.0.1:{port}, data in {})\nStop with Ctrl-C.\n",
         opts.listen,

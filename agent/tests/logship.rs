@@ -62,7 +62,10 @@ impl Sink {
     }
 }
 
-async fn handle(sink: Sink, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+async fn handle(
+    sink: Sink,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let gzip = req
         .headers()
         .get("content-encoding")
@@ -105,7 +108,10 @@ async fn handle(sink: Sink, req: Request<Incoming>) -> Result<Response<Full<Byte
         let mut n = 0;
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: Value = serde_json::from_slice(line).unwrap_or_else(|e| {
-                panic!("sink got a line that is not JSON ({e}): {}", String::from_utf8_lossy(line))
+                panic!(
+                    "sink got a line that is not JSON ({e}): {}",
+                    String::from_utf8_lossy(line)
+                )
             });
             st.records.push(v);
             n += 1;
@@ -239,7 +245,10 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 fn payload(n: u64) -> String {
     // Deterministic per line, so a corrupted or mixed-up line is caught.
-    format!("{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xDEAD_BEEF)
+    format!(
+        "{:016x}",
+        n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xDEAD_BEEF
+    )
 }
 
 fn line(n: u64) -> String {
@@ -272,11 +281,21 @@ fn numbers(records: &[Value]) -> HashMap<u64, usize> {
 
 /// A writer emitting numbered lines into `app.log`, rotating at `max` bytes with 5
 /// backups, alternating rename and copytruncate rotations.
-fn writer(dir: PathBuf, rate_per_s: u64, max: u64, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> std::thread::JoinHandle<(u64, u64)> {
+fn writer(
+    dir: PathBuf,
+    rate_per_s: u64,
+    max: u64,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
         let log = dir.join("app.log");
         let backup = |n: u32| dir.join(format!("app.log.{n}"));
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut size = file.metadata().unwrap().len();
         let (mut renames, mut copies) = (0u64, 0u64);
         let started = Instant::now();
@@ -293,7 +312,11 @@ fn writer(dir: PathBuf, rate_per_s: u64, max: u64, stop: Arc<AtomicBool>, writte
                     }
                     if (renames + copies) % 2 == 0 {
                         std::fs::rename(&log, backup(1)).unwrap();
-                        file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+                        file = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&log)
+                            .unwrap();
                         renames += 1;
                     } else {
                         std::fs::copy(&log, backup(1)).unwrap();
@@ -320,7 +343,13 @@ async fn kill9_rotation_and_a_failing_sink_lose_nothing() {
     let cfg = write_config(&dir, &sink, "");
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
-    let w = writer(dir.join("logs"), 1000, 128 * 1024, Arc::clone(&stop), Arc::clone(&written));
+    let w = writer(
+        dir.join("logs"),
+        1000,
+        128 * 1024,
+        Arc::clone(&stop),
+        Arc::clone(&written),
+    );
     let mut shipper = Shipper::start(&cfg);
     let mut restarts = 0;
     let kill_phase = Instant::now();
@@ -340,7 +369,12 @@ async fn kill9_rotation_and_a_failing_sink_lose_nothing() {
     .await;
     let seen = numbers(&sink.records());
     let missing: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
-    assert!(missing.is_empty(), "lost {} lines, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "lost {} lines, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
     let st = sink.state.lock().unwrap();
     // In flight at a kill: the sink's buffer (64 KiB) + a batch being sent (32 KiB) +
@@ -356,12 +390,22 @@ async fn kill9_rotation_and_a_failing_sink_lose_nothing() {
         st.slow,
         st.records.len()
     );
-    assert!(renames >= 3 && copies >= 3, "rotations: {renames} rename, {copies} copytruncate");
+    assert!(
+        renames >= 3 && copies >= 3,
+        "rotations: {renames} rename, {copies} copytruncate"
+    );
     assert!(st.failures > 10, "the sink should have failed often");
-    assert!(duplicates <= bound, "{duplicates} duplicates > bound {bound}");
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates > bound {bound}"
+    );
 }
 
-async fn ship_and_collect(tag: &str, extra: &str, prepare: impl FnOnce(&Path)) -> (Sink, Shipper, PathBuf) {
+async fn ship_and_collect(
+    tag: &str,
+    extra: &str,
+    prepare: impl FnOnce(&Path),
+) -> (Sink, Shipper, PathBuf) {
     let dir = common::temp_dir(tag);
     let sink = start_sink(Behaviour::Ok).await;
     let cfg = write_config(&dir, &sink, extra);
@@ -399,11 +443,17 @@ async fn huge_lines_invalid_utf8_and_partial_lines() {
     assert_eq!(r[4]["log.partial"], true);
     for rec in &r {
         assert!(rec["host.name"].is_string());
-        assert_eq!(rec["log.file.path"], dir.join("logs/a.log").display().to_string());
+        assert_eq!(
+            rec["log.file.path"],
+            dir.join("logs/a.log").display().to_string()
+        );
     }
     // The rest of a partial line arrives as its own record once its newline comes.
     append(&dir.join("logs/a.log"), b"\n{\"after\":1}\n");
-    wait_for("the next line", Duration::from_secs(10), || sink.count() >= 6).await;
+    wait_for("the next line", Duration::from_secs(10), || {
+        sink.count() >= 6
+    })
+    .await;
     assert_eq!(sink.records()[5]["after"], 1);
 }
 
@@ -418,21 +468,37 @@ async fn truncation_inode_reuse_and_restart_resume() {
     wait_for("50 lines", Duration::from_secs(10), || sink.count() >= 50).await;
 
     // Truncated in place and rewritten shorter: detected by size.
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     append(&log, (100..103).map(line).collect::<String>().as_bytes());
-    wait_for("lines after truncation", Duration::from_secs(10), || numbers(&sink.records()).contains_key(&102)).await;
+    wait_for("lines after truncation", Duration::from_secs(10), || {
+        numbers(&sink.records()).contains_key(&102)
+    })
+    .await;
 
     // Rewritten longer than before while the shipper is down, same inode: the head
     // differs, so the checkpoint offset must not be applied to the new content.
     shipper.kill9();
     let ino_before = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&log).unwrap());
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     append(&log, (200..300).map(line).collect::<String>().as_bytes());
     // And a deleted file replaced by a new one (the inode may well be reused).
     let other = dir.join("logs/b.log");
     append(&other, (400..410).map(line).collect::<String>().as_bytes());
     shipper = Shipper::start(&shipper.config.clone());
-    wait_for("b.log shipped", Duration::from_secs(10), || numbers(&sink.records()).contains_key(&409)).await;
+    wait_for("b.log shipped", Duration::from_secs(10), || {
+        numbers(&sink.records()).contains_key(&409)
+    })
+    .await;
     shipper.kill9();
     let b_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&other).unwrap());
     std::fs::remove_file(&other).unwrap();
@@ -450,7 +516,12 @@ async fn truncation_inode_reuse_and_restart_resume() {
         ino_before
     );
     println!("inode of the deleted b.log reused by the new one: {reused}");
-    for n in (0..50).chain(100..103).chain(200..300).chain(400..410).chain(500..520) {
+    for n in (0..50)
+        .chain(100..103)
+        .chain(200..300)
+        .chain(400..410)
+        .chain(500..520)
+    {
         assert!(s.contains_key(&n), "line {n} missing");
     }
     drop(shipper);
@@ -465,11 +536,19 @@ async fn a_deleted_unread_file_is_still_shipped() {
     // Big enough that most of it is still unread while the sink refuses.
     append(&log, (0..3000).map(line).collect::<String>().as_bytes());
     let _shipper = Shipper::start(&cfg);
-    wait_for("first attempts", Duration::from_secs(10), || sink.state.lock().unwrap().requests >= 2).await;
+    wait_for("first attempts", Duration::from_secs(10), || {
+        sink.state.lock().unwrap().requests >= 2
+    })
+    .await;
     std::fs::remove_file(&log).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     sink.set(Behaviour::Ok);
-    wait_for("every line of the deleted file", Duration::from_secs(20), || numbers(&sink.records()).len() >= 3000).await;
+    wait_for(
+        "every line of the deleted file",
+        Duration::from_secs(20),
+        || numbers(&sink.records()).len() >= 3000,
+    )
+    .await;
 }
 
 #[test]
@@ -485,31 +564,53 @@ fn an_unwritable_checkpoint_directory_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("checkpoint directory") && err.contains("not-a-dir/state"), "{err}");
+    assert!(
+        err.contains("checkpoint directory") && err.contains("not-a-dir/state"),
+        "{err}"
+    );
 }
 
 #[test]
 fn logs_sample_finds_a_request_across_live_rotated_and_gzipped_files() {
     let dir = common::temp_dir("logship-sample");
     let rec = |ts: &str, id: &str, msg: &str| {
-        format!("{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"{msg}\",\"request_id\":\"{id}\"}}\n")
+        format!(
+            "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"{msg}\",\"request_id\":\"{id}\"}}\n"
+        )
     };
-    std::fs::write(dir.join("rag.log"), rec("2026-11-28T10:00:03.000Z", "req-1", "third") + &rec("2026-11-28T10:00:04.000Z", "req-2", "other")).unwrap();
-    std::fs::write(dir.join("rag.log.1"), rec("2026-11-28T10:00:01.000Z", "req-1", "first") + "not json req-1\n").unwrap();
+    std::fs::write(
+        dir.join("rag.log"),
+        rec("2026-11-28T10:00:03.000Z", "req-1", "third")
+            + &rec("2026-11-28T10:00:04.000Z", "req-2", "other"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rag.log.1"),
+        rec("2026-11-28T10:00:01.000Z", "req-1", "first") + "not json req-1\n",
+    )
+    .unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(rec("2026-11-28T10:00:02.000Z", "req-1", "second").as_bytes()).unwrap();
+    gz.write_all(rec("2026-11-28T10:00:02.000Z", "req-1", "second").as_bytes())
+        .unwrap();
     std::fs::write(dir.join("access.log.2.gz"), gz.finish().unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_minirag-agent"))
         .args(["logs", "sample", "req-1", "--path"])
         .arg(dir.join("*.log*"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let msgs: Vec<&str> = lines.iter().map(|v| v["message"].as_str().unwrap()).collect();
+    let msgs: Vec<&str> = lines
+        .iter()
+        .map(|v| v["message"].as_str().unwrap())
+        .collect();
     assert_eq!(msgs, ["first", "second", "third"]);
     let bad = Command::new(env!("CARGO_BIN_EXE_minirag-agent"))
         .args(["logs", "sample", "bad id!", "--path"])
@@ -518,4 +619,149 @@ fn logs_sample_finds_a_request_across_live_rotated_and_gzipped_files() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a request id"));
+}
+
+#[tokio::test]
+async fn the_sidecar_ships_its_access_log_and_reports_metrics() {
+    let upstream = common::start_upstream().await;
+    let sink = start_sink(Behaviour::Ok).await;
+    let dir = common::temp_dir("logship-run");
+    let yaml = format!(
+        r#"access_log:
+  stdout: false
+  file: {dir}/logs/access.log
+  flush_interval_ms: 50
+logship:
+  enabled: true
+  data_dir: {dir}/state
+  paths: ["{dir}/logs/rag.log*"]
+  discover_interval_ms: 100
+  checkpoint_interval_ms: 50
+  sinks:
+    - type: http
+      url: {url}
+      compression: gzip
+      batch: {{timeout_ms: 50}}
+"#,
+        dir = dir.display(),
+        url = sink.url()
+    );
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    append(&dir.join("logs/rag.log"), line(7).as_bytes());
+    let agent = common::Agent::start(&format!("http://{}", upstream.addr), &yaml);
+    let c = common::client();
+    for _ in 0..3 {
+        let r = c
+            .get(agent.url("/api/v1/hello"))
+            .header("x-request-id", "ship-me-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    wait_for(
+        "3 access lines and the rag.log line",
+        Duration::from_secs(15),
+        || {
+            let r = sink.records();
+            r.iter().filter(|v| v["request_id"] == "ship-me-1").count() >= 3
+                && r.iter().any(|v| v["n"] == 7)
+        },
+    )
+    .await;
+    let access = sink
+        .records()
+        .into_iter()
+        .find(|v| v["request_id"] == "ship-me-1")
+        .unwrap();
+    assert_eq!(access["event"], "http.access");
+    assert!(
+        access["log.file.path"]
+            .as_str()
+            .unwrap()
+            .ends_with("access.log")
+    );
+    let metrics = common::scrape(&c, &agent).await;
+    for m in [
+        "minirag_agent_logship_lines_read_total",
+        "minirag_agent_logship_lines_acked_total{sink=\"http\"}",
+        "minirag_agent_logship_dropped_lines_total{sink=\"http\",reason=\"rejected\"} 0",
+        "minirag_agent_logship_buffer_limit_bytes{sink=\"http\"}",
+        "minirag_agent_logship_lag_bytes{file=",
+        "minirag_agent_logship_oldest_unacked_age_seconds",
+    ] {
+        assert!(metrics.contains(m), "{m} missing from\n{metrics}");
+    }
+    let acked: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("minirag_agent_logship_lines_acked_total{sink=\"http\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(acked >= 4.0, "acked {acked}");
+}
+
+#[tokio::test]
+async fn a_400_is_not_retried_and_is_counted() {
+    let (sink, _shipper, dir) = ship_and_collect("logship-400", "", |logs| {
+        append(&logs.join("a.log"), line(1).as_bytes());
+    })
+    .await;
+    sink.set(Behaviour::Status(400));
+    let _ = dir;
+    wait_for("one attempt", Duration::from_secs(10), || {
+        sink.state.lock().unwrap().requests >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        sink.state.lock().unwrap().requests,
+        1,
+        "a 400 must not be retried"
+    );
+    sink.set(Behaviour::Ok);
+    append(&dir.join("logs/a.log"), line(2).as_bytes());
+    wait_for("the next line", Duration::from_secs(10), || {
+        numbers(&sink.records()).contains_key(&2)
+    })
+    .await;
+    assert!(!numbers(&sink.records()).contains_key(&1));
+}
+
+#[tokio::test]
+async fn gzip_rotated_files_are_read_and_not_shipped_twice() {
+    let (sink, _shipper, dir) = ship_and_collect("logship-gzip", "  read_gzip: true", |logs| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all((0..20).map(line).collect::<String>().as_bytes())
+            .unwrap();
+        std::fs::write(logs.join("old.log.3.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(
+            logs.join("app.log.1"),
+            (100..120).map(line).collect::<String>(),
+        )
+        .unwrap();
+    })
+    .await;
+    wait_for("40 lines", Duration::from_secs(10), || {
+        numbers(&sink.records()).len() >= 40
+    })
+    .await;
+    // app.log.1 compressed into app.log.2.gz (a new inode with the same content): it
+    // must be recognised by its decompressed head and not shipped again.
+    let logs = dir.join("logs");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&std::fs::read(logs.join("app.log.1")).unwrap())
+        .unwrap();
+    std::fs::write(logs.join("app.log.2.gz"), gz.finish().unwrap()).unwrap();
+    std::fs::remove_file(logs.join("app.log.1")).unwrap();
+    append(&logs.join("app.log"), line(200).as_bytes());
+    wait_for("the new line", Duration::from_secs(10), || {
+        numbers(&sink.records()).contains_key(&200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = numbers(&sink.records());
+    for n in (0..20).chain(100..120) {
+        assert_eq!(seen.get(&n), Some(&1), "line {n}");
+    }
 }

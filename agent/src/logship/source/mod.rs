@@ -250,7 +250,7 @@ impl Reader {
         let (old_id, old_offset, old_key) = (t.id, t.resume_offset(), t.key);
         self.remember(old_id, old_offset);
         self.tracker.release(old_key);
-        let (id, size) = match identify(&self.tailers[i].file) {
+        let (id, size) = match identify(&self.tailers[i].file, false) {
             Ok(v) => v,
             Err(_) => (self.tailers[i].id, size),
         };
@@ -367,8 +367,9 @@ impl Reader {
                 }
                 let size = md.len();
                 if !t.id.full()
+                    && !t.is_gzip()
                     && size > u64::from(t.id.fp_len)
-                    && let Ok((id, _)) = identify(&t.file)
+                    && let Ok((id, _)) = identify(&t.file, false)
                     && id.dev == t.id.dev
                     && id.ino == t.id.ino
                 {
@@ -404,7 +405,8 @@ impl Reader {
                 return;
             }
         };
-        let Ok((id, size)) = identify(&file) else {
+        let gzip = tail::is_gzip(&path);
+        let Ok((id, size)) = identify(&file, gzip) else {
             return;
         };
         // The path may have been rotated between the stat and the open.
@@ -415,22 +417,40 @@ impl Reader {
         {
             return;
         }
-        let offset = self.start_offset(&file, &id, size, &path);
+        let offset = self.start_offset(&file, &id, size, &path, gzip);
         let key = self.tracker.register(id, path.clone(), offset, size);
         let enrich = self.enrichment(&path);
-        self.stats.reader.files_opened.fetch_add(1, Relaxed);
-        self.tailers
-            .push(Tailer::new(key, file, path, id, enrich, offset));
+        match Tailer::new(key, file, path.clone(), id, enrich, offset) {
+            Ok(t) => {
+                self.stats.reader.files_opened.fetch_add(1, Relaxed);
+                self.tailers.push(t);
+            }
+            Err(e) => {
+                self.tracker.release(key);
+                self.rs().read_errors.fetch_add(1, Relaxed);
+                crate::log::warn(
+                    "logship.open_failed",
+                    &format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
     }
 
     /// Where to start reading a file seen for the first time in this process.
-    fn start_offset(&mut self, file: &File, id: &FileIdentity, size: u64, path: &Path) -> u64 {
+    fn start_offset(
+        &mut self,
+        file: &File,
+        id: &FileIdentity,
+        size: u64,
+        path: &Path,
+        gzip: bool,
+    ) -> u64 {
+        // A gzip file's offsets count decompressed bytes: no bound from its size.
+        let size = if gzip { u64::MAX } else { size };
         // 1. The same inode with the same head: resume where the checkpoint says.
-        if let Some(i) = self
-            .resume
-            .iter()
-            .position(|e| e.id.dev == id.dev && e.id.ino == id.ino && head_matches(file, &e.id))
-        {
+        if let Some(i) = self.resume.iter().position(|e| {
+            e.id.dev == id.dev && e.id.ino == id.ino && head_matches(file, &e.id, gzip)
+        }) {
             let e = self.resume.swap_remove(i);
             if e.offset > size {
                 self.rs().files_truncated.fetch_add(1, Relaxed);
@@ -469,6 +489,14 @@ impl Reader {
             }
         }
         if self.first_start && self.cfg.read_from == ReadFrom::End {
+            if gzip {
+                // The decompressed length, once: only at the very first start.
+                let mut dec = match tail::from_start(file) {
+                    Ok(f) => flate2::read::MultiGzDecoder::new(f),
+                    Err(_) => return 0,
+                };
+                return std::io::copy(&mut dec, &mut std::io::sink()).unwrap_or(0);
+            }
             return size;
         }
         0

@@ -56,31 +56,63 @@ pub struct Tailer {
     skipping_from: Option<u64>,
     partial_since: Option<Instant>,
     pub at_eof: bool,
+    /// A gzip file's decoder, positioned at `position()` of the decompressed content.
+    gzip: Option<flate2::read::MultiGzDecoder<File>>,
     /// Set when the file left the globs (renamed away or deleted).
     pub gone_since: Option<Instant>,
     pub seen: bool,
 }
 
-/// Identity of an open file from its head bytes.
-pub fn identify(file: &File) -> io::Result<(FileIdentity, u64)> {
-    let md = file.metadata()?;
-    let size = md.len();
-    let want = (FINGERPRINT_BYTES as u64).min(size) as usize;
-    let mut head = vec![0u8; want];
+/// Gzip files (rotated and compressed) are read through a decoder, whole and once:
+/// they never grow. Their offsets and fingerprints are of the decompressed content, so
+/// `app.log.1` compressed into `app.log.2.gz` is recognised and not shipped twice.
+pub fn is_gzip(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// A second handle at offset 0 (clones share the offset, so it is set explicitly).
+pub fn from_start(file: &File) -> io::Result<File> {
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(f)
+}
+
+/// Up to `len` head bytes (decompressed for gzip).
+fn read_head(file: &File, len: usize, gzip: bool) -> io::Result<Vec<u8>> {
+    let mut head = vec![0u8; len];
     let mut got = 0;
-    while got < want {
-        let n = file.read_at(&mut head[got..], got as u64)?;
-        if n == 0 {
-            break;
+    if gzip {
+        let mut dec = flate2::read::MultiGzDecoder::new(from_start(file)?);
+        while got < len {
+            let n = dec.read(&mut head[got..])?;
+            if n == 0 {
+                break;
+            }
+            got += n;
         }
-        got += n;
+    } else {
+        while got < len {
+            let n = file.read_at(&mut head[got..], got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
     }
     head.truncate(got);
+    Ok(head)
+}
+
+/// Identity of an open file from its head bytes.
+pub fn identify(file: &File, gzip: bool) -> io::Result<(FileIdentity, u64)> {
+    let md = file.metadata()?;
+    let size = md.len();
+    let head = read_head(file, FINGERPRINT_BYTES as usize, gzip)?;
     Ok((
         FileIdentity {
             dev: md.dev(),
             ino: md.ino(),
-            fp_len: got as u32,
+            fp_len: head.len() as u32,
             fp: fingerprint(&head),
         },
         size,
@@ -88,16 +120,11 @@ pub fn identify(file: &File) -> io::Result<(FileIdentity, u64)> {
 }
 
 /// Whether `file` starts with the bytes `id` fingerprinted.
-pub fn head_matches(file: &File, id: &FileIdentity) -> bool {
-    let mut head = vec![0u8; id.fp_len as usize];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read_at(&mut head[got..], got as u64) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => got += n,
-        }
+pub fn head_matches(file: &File, id: &FileIdentity, gzip: bool) -> bool {
+    match read_head(file, id.fp_len as usize, gzip) {
+        Ok(head) => head.len() == id.fp_len as usize && fingerprint(&head) == id.fp,
+        Err(_) => false,
     }
-    fingerprint(&head) == id.fp
 }
 
 impl Tailer {
@@ -108,9 +135,16 @@ impl Tailer {
         id: FileIdentity,
         enrich: Enrichment,
         offset: u64,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let path_label: Arc<str> = Arc::from(path.display().to_string());
-        Self {
+        let gzip = if is_gzip(&path) {
+            let mut dec = flate2::read::MultiGzDecoder::new(from_start(&file)?);
+            io::copy(&mut (&mut dec).take(offset), &mut io::sink())?;
+            Some(dec)
+        } else {
+            None
+        };
+        Ok(Self {
             key,
             file,
             path,
@@ -122,9 +156,14 @@ impl Tailer {
             skipping_from: None,
             partial_since: None,
             at_eof: false,
+            gzip,
             gone_since: None,
             seen: true,
-        }
+        })
+    }
+
+    pub fn is_gzip(&self) -> bool {
+        self.gzip.is_some()
     }
 
     pub fn position(&self) -> u64 {
@@ -167,10 +206,13 @@ impl Tailer {
         self.buf.resize(keep + limits.read_bytes, 0);
         // Seek + read rather than pread: the descriptor's offset then shows progress in
         // /proc/<pid>/fdinfo to operators and tools.
-        let n = match (&self.file)
-            .seek(SeekFrom::Start(pos))
-            .and_then(|_| (&self.file).read(&mut self.buf[keep..]))
-        {
+        let read = match &mut self.gzip {
+            Some(dec) => dec.read(&mut self.buf[keep..]),
+            None => (&self.file)
+                .seek(SeekFrom::Start(pos))
+                .and_then(|_| (&self.file).read(&mut self.buf[keep..])),
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 self.buf.truncate(keep);
@@ -181,7 +223,11 @@ impl Tailer {
         // Truncated and rewritten past our offset (copytruncate with a fast writer)
         // leaves the size above the offset; only the head tells. Checked after the
         // read, so bytes read from the new content are thrown away, never shipped.
-        if n > 0 && self.id.fp_len > 0 && !head_matches(&self.file, &self.id) {
+        if n > 0
+            && self.gzip.is_none()
+            && self.id.fp_len > 0
+            && !head_matches(&self.file, &self.id, false)
+        {
             self.buf.truncate(keep);
             let size = self.file.metadata()?.len();
             return Ok(Read::Truncated { size });
@@ -189,7 +235,10 @@ impl Tailer {
         if n == 0 {
             self.at_eof = true;
             let size = self.file.metadata()?.len();
-            if size < pos || (self.id.fp_len > 0 && !head_matches(&self.file, &self.id)) {
+            if self.gzip.is_none()
+                && (size < pos
+                    || (self.id.fp_len > 0 && !head_matches(&self.file, &self.id, false)))
+            {
                 return Ok(Read::Truncated { size });
             }
             if self.buf.is_empty() {
