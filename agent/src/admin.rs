@@ -133,6 +133,29 @@ fn redacted_config(cfg: &crate::config::AgentConfig) -> serde_json::Value {
     {
         *url = serde_json::Value::from(format!("{scheme}://***@{host}"));
     }
+    // Sink headers carry credentials (Authorization, API keys), and sink URLs may too.
+    if let Some(sinks) = v
+        .pointer_mut("/logship/sinks")
+        .and_then(|s| s.as_array_mut())
+    {
+        for sink in sinks {
+            if let Some(h) = sink.get_mut("headers").and_then(|h| h.as_object_mut()) {
+                for value in h.values_mut() {
+                    *value = serde_json::Value::from("***");
+                }
+            }
+            for key in ["url", "endpoint"] {
+                if let Some(url) = sink.get_mut(key)
+                    && let Some(s) = url.as_str()
+                    && let Some((scheme, rest)) = s.split_once("://")
+                    && let Some((userinfo, host)) = rest.split_once('@')
+                    && !userinfo.contains('/')
+                {
+                    *url = serde_json::Value::from(format!("{scheme}://***@{host}"));
+                }
+            }
+        }
+    }
     v
 }
 

@@ -84,6 +84,12 @@ fn apply(source: &ConfigSource, proxy: &Proxy) {
             "identity.* and quotas.max_tracked_budgets change only on restart",
         );
     }
+    if next.logship != current.cfg.logship {
+        crate::log::warn(
+            "config.restart_required",
+            "logship.* changes only on restart (the running shipper keeps its sources and sinks)",
+        );
+    }
     if next.timeouts.connect_ms != current.cfg.timeouts.connect_ms
         || format!("{:?}", next.lifecycle) != format!("{:?}", current.cfg.lifecycle)
     {

@@ -27,8 +27,8 @@ pub struct ShipOptions {
 pub enum ShipError {
     #[error("{0}")]
     Config(String),
-    #[error(transparent)]
-    Logship(#[from] crate::logship::LogshipError),
+    #[error("{0}")]
+    Logship(crate::logship::LogshipError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -82,6 +82,12 @@ pub fn effective(
     }
     cfg.validate().map_err(ShipError::Config)?;
     Ok((cfg, opts.admin_listen.or(admin), grace))
+}
+
+impl From<crate::logship::LogshipError> for ShipError {
+    fn from(e: crate::logship::LogshipError) -> Self {
+        Self::Logship(e)
+    }
 }
 
 pub async fn ship(opts: ShipOptions) -> Result<(), ShipError> {

@@ -152,6 +152,9 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
     cfg.logship.paths = vec![crate::logship::access_log_glob(
         &opts.data_dir.join("logs/rag.log"),
     )];
+    if let Err(e) = cfg.logship.apply_env(|k| std::env::var(k).ok()) {
+        return Err(UpError::Run(crate::RunError::Config(e)));
+    }
     cfg.logship.sinks = vec![crate::logship::config::SinkConfig::File(
         crate::logship::config::FileSinkConfig {
             path: opts.data_dir.join("shipped/logs.ndjson"),

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -179,7 +178,14 @@ impl Shipper {
             .arg(config)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept beside the config: the shipper's own story when a test fails.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(config.with_extension("stderr.log"))
+                    .expect("stderr log"),
+            )
             .spawn()
             .expect("start minirag-agent ship");
         Self {
@@ -280,13 +286,17 @@ fn numbers(records: &[Value]) -> HashMap<u64, usize> {
 }
 
 /// A writer emitting numbered lines into `app.log`, rotating at `max` bytes with 5
-/// backups, alternating rename and copytruncate rotations.
+/// backups, alternating rename and copytruncate rotations. Rotation deletes the oldest
+/// backup whether or not it was shipped, so the rate and size leave the shipper a window
+/// of a few seconds (600 lines/s, 128 KiB files: ~4 s) to survive a kill, a restart and
+/// a slow sink; a shipper dead for longer than that loses lines on any machine.
 fn writer(
     dir: PathBuf,
     rate_per_s: u64,
     max: u64,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
+    deleted: Arc<Mutex<Vec<(u64, u64)>>>,
 ) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
         let log = dir.join("app.log");
@@ -300,13 +310,19 @@ fn writer(
         let (mut renames, mut copies) = (0u64, 0u64);
         let started = Instant::now();
         let mut n = 0u64;
+        // First line number in app.log and in each backup, to know what a deletion loses.
+        let mut firsts: Vec<u64> = vec![0; 6];
         while !stop.load(Ordering::Relaxed) {
             // Pace by wall clock so the rate holds whatever the scheduler does.
             let due = started.elapsed().as_millis() as u64 * rate_per_s / 1000;
             while n < due {
                 let l = line(n);
                 if size + l.len() as u64 > max {
-                    let _ = std::fs::remove_file(backup(5));
+                    if std::fs::remove_file(backup(5)).is_ok() {
+                        deleted.lock().unwrap().push((firsts[5], firsts[4]));
+                    }
+                    firsts.rotate_right(1);
+                    firsts[0] = n;
                     for i in (1..5).rev() {
                         let _ = std::fs::rename(backup(i), backup(i + 1));
                     }
@@ -343,12 +359,14 @@ async fn kill9_rotation_and_a_failing_sink_lose_nothing() {
     let cfg = write_config(&dir, &sink, "");
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
+    let deleted = Arc::new(Mutex::new(Vec::new()));
     let w = writer(
         dir.join("logs"),
-        1000,
+        600,
         128 * 1024,
         Arc::clone(&stop),
         Arc::clone(&written),
+        Arc::clone(&deleted),
     );
     let mut shipper = Shipper::start(&cfg);
     let mut restarts = 0;
@@ -363,17 +381,34 @@ async fn kill9_rotation_and_a_failing_sink_lose_nothing() {
     let (renames, copies) = w.join().unwrap();
     let total = written.load(Ordering::Relaxed);
     sink.set(Behaviour::Ok);
-    wait_for("every line at the sink", Duration::from_secs(90), || {
-        numbers(&sink.records()).len() as u64 >= total
-    })
-    .await;
+    let waited = Instant::now();
+    while (numbers(&sink.records()).len() as u64) < total
+        && waited.elapsed() < Duration::from_secs(90)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let seen = numbers(&sink.records());
     let missing: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
+    if !missing.is_empty() {
+        // What arrived, in arrival order, for a post-mortem.
+        let mut dump = String::new();
+        for r in sink.records() {
+            dump.push_str(&format!("{} {}\n", r["n"], r["log.file.path"]));
+        }
+        std::fs::write(dir.join("received.txt"), dump).unwrap();
+    }
+    let deleted = deleted.lock().unwrap().clone();
+    let in_deleted = missing
+        .iter()
+        .filter(|n| deleted.iter().any(|(a, b)| a <= *n && *n < b))
+        .count();
     assert!(
         missing.is_empty(),
-        "lost {} lines, first {:?}",
+        "lost {} of {total} lines ({in_deleted} of them in files rotation deleted: {deleted:?}), first {:?}, last {:?} ({restarts} restarts, {renames} renames, {copies} copytruncates; state in {})",
         missing.len(),
-        &missing[..missing.len().min(10)]
+        &missing[..missing.len().min(10)],
+        missing.last(),
+        dir.display()
     );
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
     let st = sink.state.lock().unwrap();
@@ -764,4 +799,110 @@ async fn gzip_rotated_files_are_read_and_not_shipped_twice() {
     for n in (0..20).chain(100..120) {
         assert_eq!(seen.get(&n), Some(&1), "line {n}");
     }
+}
+
+/// True when the checkpoint file says every byte of every log file in `logs` was
+/// acknowledged (and no deleted file is still pending).
+fn all_acknowledged(state: &Path, logs: &Path) -> bool {
+    let Ok(text) = std::fs::read(state.join("checkpoints.json")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&text) else {
+        return false;
+    };
+    let entries = v["files"].as_array().cloned().unwrap_or_default();
+    let files: Vec<PathBuf> = std::fs::read_dir(logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.len() == files.len()
+        && files.iter().all(|f| {
+            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            entries
+                .iter()
+                .any(|e| e["path"] == f.display().to_string() && e["offset"] == size)
+        })
+}
+
+#[tokio::test]
+async fn a_disk_buffer_keeps_lines_whose_files_rotated_away_during_an_outage() {
+    let dir = common::temp_dir("logship-disk");
+    let sink = start_sink(Behaviour::Status(503)).await;
+    let cfg = dir.join("ship.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"logship:
+  enabled: true
+  data_dir: {state}
+  paths: ["{logs}/app.log*"]
+  discover_interval_ms: 50
+  poll_interval_ms: 20
+  checkpoint_interval_ms: 20
+  read_chunk_bytes: 16384
+  sinks:
+    - type: http
+      url: {url}
+      batch: {{timeout_ms: 50}}
+      buffer: {{max_bytes: 65536}}
+      retry: {{initial_backoff_ms: 50, max_backoff_ms: 200}}
+      disk_buffer: {{enabled: true, max_bytes: 104857600}}
+"#,
+            state = dir.join("state").display(),
+            logs = dir.join("logs").display(),
+            url = sink.url()
+        ),
+    )
+    .unwrap();
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // Rename rotation at 32 KiB keeping 2 backups: older files are deleted.
+    let mut n = 0u64;
+    let mut write = |count: u64| {
+        for _ in 0..count {
+            let log = logs.join("app.log");
+            if std::fs::metadata(&log).is_ok_and(|m| m.len() > 32 * 1024) {
+                let _ = std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2"));
+                std::fs::rename(&log, logs.join("app.log.1")).unwrap();
+            }
+            append(&log, line(n).as_bytes());
+            n += 1;
+        }
+    };
+    let mut shipper = Shipper::start(&cfg);
+    for _ in 0..10 {
+        write(200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for("everything on disk", Duration::from_secs(20), || {
+        all_acknowledged(&dir.join("state"), &logs)
+    })
+    .await;
+    // Most of those lines are in files rotation deleted, and the sink is still down: a
+    // crash now must not lose what only the disk buffer holds.
+    assert!(!logs.join("app.log.3").exists());
+    shipper.kill9();
+    write(100);
+    shipper = Shipper::start(&shipper.config.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.set(Behaviour::Ok);
+    let total = n;
+    let waited = Instant::now();
+    while (numbers(&sink.records()).len() as u64) < total
+        && waited.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = numbers(&sink.records());
+    let missing: Vec<u64> = (0..total).filter(|i| !seen.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {total} missing: {:?}…; {} requests",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        sink.state.lock().unwrap().requests
+    );
+    assert!((0..total).all(|i| seen.contains_key(&i)));
+    assert!(sink.state.lock().unwrap().requests > 3);
+    drop(shipper);
 }

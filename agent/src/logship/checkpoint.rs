@@ -138,6 +138,8 @@ impl Tracker {
             },
         );
         g.version += 1;
+        drop(g);
+        self.changed.notify_one();
         key
     }
 
@@ -160,6 +162,8 @@ impl Tracker {
         }
         if changed {
             g.version += 1;
+            drop(g);
+            self.changed.notify_one();
         }
     }
 
@@ -216,6 +220,8 @@ impl Tracker {
                 g.files.remove(&key);
             }
             g.version += 1;
+            drop(g);
+            self.changed.notify_one();
         }
     }
 
@@ -289,15 +295,14 @@ fn advance(t: &mut Tracked) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint directory {dir}: {source}")]
-    Dir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("checkpoint file {path}: {source}")]
+    // `cause`, not `source`: the message already carries it, and a source would make
+    // error-chain printers repeat it.
+    #[error("checkpoint directory {dir}: {cause}")]
+    Dir { dir: PathBuf, cause: std::io::Error },
+    #[error("checkpoint file {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -319,9 +324,9 @@ impl Store {
     /// Creates the directory and proves it writable now, so a bad mount fails the start
     /// with a clear message instead of losing progress later.
     pub fn open(dir: &Path) -> Result<(Self, Loaded), CheckpointError> {
-        let err = |source| CheckpointError::Dir {
+        let err = |cause| CheckpointError::Dir {
             dir: dir.to_path_buf(),
-            source,
+            cause,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
         let probe = dir.join(".write-test");
@@ -359,7 +364,7 @@ impl Store {
             Err(e) => {
                 return Err(CheckpointError::Write {
                     path: store.path.clone(),
-                    source: e,
+                    cause: e,
                 });
             }
         };
@@ -371,9 +376,9 @@ impl Store {
     }
 
     pub fn save(&self, files: &[Entry]) -> Result<(), CheckpointError> {
-        let werr = |source| CheckpointError::Write {
+        let werr = |cause| CheckpointError::Write {
             path: self.path.clone(),
-            source,
+            cause,
         };
         let body = serde_json::to_vec_pretty(&FileFormat {
             version: 1,

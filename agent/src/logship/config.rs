@@ -158,6 +158,17 @@ impl SinkConfig {
         }
     }
 
+    pub fn disk_buffer(&self) -> Option<&DiskBufferConfig> {
+        let d = match self {
+            Self::File(_) | Self::Stdout(_) => return None,
+            Self::Http(c) => &c.disk_buffer,
+            Self::Otlp(c) => &c.disk_buffer,
+            Self::Loki(c) => &c.disk_buffer,
+            Self::Elasticsearch(c) => &c.disk_buffer,
+        };
+        d.enabled.then_some(d)
+    }
+
     pub fn retry(&self) -> RetryConfig {
         match self {
             Self::File(_) | Self::Stdout(_) => RetryConfig::default(),
@@ -260,6 +271,39 @@ pub struct StdoutSinkConfig {
     pub buffer: BufferConfig,
 }
 
+/// A disk buffer between the reader and a network sink, for outages longer than the
+/// log files last. Records are acknowledged (checkpoints advance) once fsynced here.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskBufferConfig {
+    pub enabled: bool,
+    /// Default: `<logship.data_dir>/buffer/<sink name>`.
+    pub path: Option<PathBuf>,
+    /// Undelivered bytes kept on disk at most.
+    pub max_bytes: u64,
+    /// At max_bytes: `block` (reading waits; the log files become the buffer again) or
+    /// `drop_newest` (new records are dropped and counted as reason="buffer_full").
+    pub when_full: WhenFull,
+}
+
+impl Default for DiskBufferConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: None,
+            max_bytes: 256 * 1024 * 1024,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    Block,
+    DropNewest,
+}
+
 /// Knobs every network sink shares, borrowed from the sink's own config.
 pub struct NetworkCommon<'a> {
     pub name: &'a Option<String>,
@@ -295,6 +339,7 @@ macro_rules! network_sink {
             pub batch: BatchConfig,
             pub buffer: BufferConfig,
             pub retry: RetryConfig,
+            pub disk_buffer: DiskBufferConfig,
         }
 
         impl Default for $ty {
@@ -307,6 +352,7 @@ macro_rules! network_sink {
                     batch: BatchConfig::default(),
                     buffer: BufferConfig::default(),
                     retry: RetryConfig::default(),
+                    disk_buffer: DiskBufferConfig::default(),
                 }
             }
         }

@@ -36,10 +36,23 @@ use stats::Stats;
 pub enum LogshipError {
     #[error("log shipping: {0}")]
     Config(String),
+    // Wrapped without `#[from]`/source so the message is printed once.
     #[error("log shipping: {0}")]
-    Checkpoint(#[from] checkpoint::CheckpointError),
+    Checkpoint(checkpoint::CheckpointError),
     #[error("log shipping: {0}")]
-    Sink(#[from] sinks::BuildError),
+    Sink(sinks::BuildError),
+}
+
+impl From<checkpoint::CheckpointError> for LogshipError {
+    fn from(e: checkpoint::CheckpointError) -> Self {
+        Self::Checkpoint(e)
+    }
+}
+
+impl From<sinks::BuildError> for LogshipError {
+    fn from(e: sinks::BuildError) -> Self {
+        Self::Sink(e)
+    }
 }
 
 /// A running shipper. Dropping it does not stop it; call [`Logship::shutdown`].
@@ -66,7 +79,7 @@ impl Logship {
         let tracker = Arc::new(Tracker::default());
         let mut handles = Vec::new();
         for s in &cfg.sinks {
-            handles.push(sinks::spawn(s, cfg.read_chunk_bytes)?);
+            handles.push(sinks::spawn(s, cfg.read_chunk_bytes, &cfg.data_dir)?);
         }
         let stats = Arc::new(Stats {
             reader: stats::ReaderStats::default(),
@@ -115,7 +128,15 @@ impl Logship {
         let retention = (cfg.retention.days > 0).then(|| {
             tokio::spawn(retention::run(
                 cfg.retention.clone(),
-                patterns,
+                retention::Scope {
+                    patterns,
+                    exclude: cfg
+                        .exclude
+                        .iter()
+                        .filter_map(|e| glob::Pattern::new(e).ok())
+                        .collect(),
+                    read_gzip: cfg.read_gzip,
+                },
                 Arc::clone(&tracker),
             ))
         });

@@ -36,6 +36,7 @@ impl Enrichment {
     pub fn new(static_fields: &[(String, String)], file: &str, redact: &[String]) -> Self {
         let mut fields: Vec<(String, String)> = static_fields
             .iter()
+            .filter(|(k, _)| k != "log.file.path")
             .map(|(k, v)| (k.clone(), json_string(v)))
             .collect();
         fields.push(("log.file.path".into(), json_string(file)));
@@ -49,7 +50,10 @@ impl Enrichment {
     /// Returns true if the line was not valid UTF-8 (shipped with replacement characters).
     pub fn encode(&self, line: &[u8], flags: LineFlags, out: &mut Vec<u8>) -> bool {
         let line = trim_end(line);
+        // serde skips ignored string values without checking their UTF-8, so the whole
+        // line is checked first (std's validation runs at several GB/s).
         if !flags.truncated
+            && std::str::from_utf8(line).is_ok()
             && let Some(keys) = self.scan_object(line)
         {
             if keys.redact {
@@ -70,6 +74,13 @@ impl Enrichment {
         let (text, invalid_utf8) = match std::str::from_utf8(line) {
             Ok(s) => (std::borrow::Cow::Borrowed(s), false),
             Err(_) => (String::from_utf8_lossy(line), true),
+        };
+        // A cut JSON line (or any text) may still carry `"password": "…"`: mask values
+        // of redacted keys in the text too.
+        let text = if self.redact.is_empty() {
+            text
+        } else {
+            mask_in_text(text, &self.redact)
         };
         out.extend_from_slice(b"{\"message\":");
         out.extend_from_slice(json_string(&text).as_bytes());
@@ -224,6 +235,75 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
     }
 }
 
+/// Replaces the string value after every `"<key>"\s*:` (key from `redact`,
+/// case-insensitive) with [`REDACTED`]; a value cut by the end of the text is masked to
+/// the end.
+fn mask_in_text<'a>(
+    text: std::borrow::Cow<'a, str>,
+    redact: &[String],
+) -> std::borrow::Cow<'a, str> {
+    let lower = text.to_ascii_lowercase();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for key in redact {
+        let needle = format!("\"{key}\"");
+        let mut from = 0;
+        while let Some(at) = lower[from..].find(&needle) {
+            let mut i = from + at + needle.len();
+            from = i;
+            let b = lower.as_bytes();
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i >= b.len() || b[i] != b':' {
+                continue;
+            }
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i >= b.len() {
+                continue;
+            }
+            let start = i;
+            let end = if b[i] == b'"' {
+                // To the closing quote (skipping escapes), or the end of a cut line.
+                let mut j = i + 1;
+                while j < b.len() && b[j] != b'"' {
+                    j += if b[j] == b'\\' { 2 } else { 1 };
+                }
+                (j + 1).min(b.len())
+            } else {
+                // A bare value: up to the next delimiter.
+                let mut j = i;
+                while j < b.len() && !matches!(b[j], b',' | b'}' | b']') {
+                    j += 1;
+                }
+                j
+            };
+            spans.push((start, end));
+            from = end.max(from);
+        }
+    }
+    if spans.is_empty() {
+        return text;
+    }
+    spans.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (start, end) in spans {
+        if start < last {
+            continue;
+        }
+        out.push_str(&text[last..start]);
+        out.push('"');
+        out.push_str(REDACTED);
+        out.push('"');
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    std::borrow::Cow::Owned(out)
+}
+
 fn trim_end(line: &[u8]) -> &[u8] {
     let mut end = line.len();
     while end > 0 && matches!(line[end - 1], b'\r' | b' ' | b'\t') {
@@ -357,6 +437,29 @@ mod tests {
         assert_eq!(v["api_key"], REDACTED);
         assert_eq!(v["ok"], "y");
         assert_eq!(v["host.name"], "h1");
+    }
+
+    #[test]
+    fn invalid_utf8_inside_json_values_is_caught() {
+        let v = one(b"{\"message\":\"bad \xff\"}", LineFlags::default());
+        assert_eq!(v["log.invalid_utf8"], true);
+    }
+
+    #[test]
+    fn cut_lines_still_hide_secrets() {
+        let v = one(
+            br#"{"user":"a","Authorization": "Bearer abc","n":1,"api_key":"k-very-long-and-cu"#,
+            LineFlags {
+                truncated: true,
+                partial: false,
+            },
+        );
+        let m = v["message"].as_str().unwrap();
+        assert!(!m.contains("Bearer") && !m.contains("k-very"), "{m}");
+        assert!(m.contains(r#""user":"a""#) && m.contains(r#""n":1"#), "{m}");
+        assert!(m.contains(REDACTED));
+        let v = one(b"password: plain text stays", LineFlags::default());
+        assert_eq!(v["message"], "password: plain text stays");
     }
 
     #[test]

@@ -20,16 +20,26 @@ pub fn is_rotated(path: &Path) -> bool {
     })
 }
 
-pub async fn run(cfg: RetentionConfig, patterns: Vec<String>, tracker: Arc<Tracker>) {
+/// What the sweep needs to know about the shipper's sources.
+#[derive(Clone)]
+pub struct Scope {
+    pub patterns: Vec<String>,
+    /// Never touched (not ours).
+    pub exclude: Vec<glob::Pattern>,
+    /// When false, `*.gz` files are not shipped at all, so "shipped" cannot gate them:
+    /// age alone decides.
+    pub read_gzip: bool,
+}
+
+pub async fn run(cfg: RetentionConfig, scope: Scope, tracker: Arc<Tracker>) {
     let every = Duration::from_secs(cfg.interval_seconds.max(1));
     loop {
         let cfg = cfg.clone();
-        let patterns = patterns.clone();
+        let scope = scope.clone();
         let tracker = Arc::clone(&tracker);
-        let _ = tokio::task::spawn_blocking(move || {
-            sweep(&cfg, &patterns, &tracker, SystemTime::now())
-        })
-        .await;
+        let _ =
+            tokio::task::spawn_blocking(move || sweep(&cfg, &scope, &tracker, SystemTime::now()))
+                .await;
         tokio::time::sleep(every).await;
     }
 }
@@ -37,7 +47,7 @@ pub async fn run(cfg: RetentionConfig, patterns: Vec<String>, tracker: Arc<Track
 /// One pass; returns the files deleted.
 pub fn sweep(
     cfg: &RetentionConfig,
-    patterns: &[String],
+    scope: &Scope,
     tracker: &Tracker,
     now: SystemTime,
 ) -> Vec<std::path::PathBuf> {
@@ -46,10 +56,10 @@ pub fn sweep(
         return deleted;
     }
     let max_age = Duration::from_secs(u64::from(cfg.days) * 86_400);
-    for p in patterns {
+    for p in &scope.patterns {
         let Ok(paths) = glob::glob(p) else { continue };
         for path in paths.flatten() {
-            if !is_rotated(&path) {
+            if !is_rotated(&path) || scope.exclude.iter().any(|e| e.matches_path(&path)) {
                 continue;
             }
             let Ok(md) = std::fs::metadata(&path) else {
@@ -65,9 +75,12 @@ pub fn sweep(
             }
             // Unknown to the tracker = never opened yet (e.g. over max_open_files):
             // not shipped.
-            let shipped = tracker
-                .shipped(md.dev(), md.ino(), md.len())
-                .unwrap_or(false);
+            let not_shipped_by_design =
+                !scope.read_gzip && path.extension().is_some_and(|e| e == "gz");
+            let shipped = not_shipped_by_design
+                || tracker
+                    .shipped(md.dev(), md.ino(), md.len())
+                    .unwrap_or(false);
             if cfg.only_shipped && !shipped {
                 continue;
             }
@@ -113,5 +126,77 @@ mod tests {
         ] {
             assert!(!is_rotated(Path::new(no)), "{no}");
         }
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::logship::checkpoint::FileIdentity;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn deletes_only_old_rotated_shipped_files() {
+        let dir = std::env::temp_dir().join(format!("retention-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(20 * 86_400);
+        let mk = |name: &str, age: SystemTime| {
+            let p = dir.join(name);
+            std::fs::write(&p, b"line\n").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(age)
+                .unwrap();
+            p
+        };
+        let live = mk("rag.log", old);
+        let shipped = mk("rag.log.1", old);
+        let unshipped = mk("rag.log.2", old);
+        let young = mk("rag.log.3", SystemTime::now());
+        let gz = mk("rag.log.4.gz", old);
+        let tracker = Tracker::default();
+        let md = std::fs::metadata(&shipped).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let id = FileIdentity {
+            dev: md.dev(),
+            ino: md.ino(),
+            fp_len: 5,
+            fp: 0,
+        };
+        let k = tracker.register(id, shipped.clone(), 0, 5);
+        let seq = tracker.begin(k, 5, 1);
+        tracker.ack(k, seq);
+        let md2 = std::fs::metadata(&unshipped).unwrap();
+        let id2 = FileIdentity {
+            dev: md2.dev(),
+            ino: md2.ino(),
+            fp_len: 5,
+            fp: 0,
+        };
+        tracker.register(id2, unshipped.clone(), 2, 5);
+        let scope = Scope {
+            patterns: vec![format!("{}/rag.log*", dir.display())],
+            exclude: Vec::new(),
+            read_gzip: false,
+        };
+        let cfg = RetentionConfig {
+            days: 14,
+            only_shipped: true,
+            interval_seconds: 1,
+        };
+        let mut gone = sweep(&cfg, &scope, &tracker, SystemTime::now());
+        gone.sort();
+        assert_eq!(gone, vec![shipped.clone(), gz.clone()]);
+        assert!(live.exists() && unshipped.exists() && young.exists());
+        let cfg = RetentionConfig {
+            only_shipped: false,
+            ..cfg
+        };
+        let gone = sweep(&cfg, &scope, &tracker, SystemTime::now());
+        assert_eq!(gone, vec![unshipped]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -43,6 +43,10 @@ pub struct SinkStats {
     pub lines_rejected: AtomicU64,
     pub buffer_bytes: AtomicU64,
     pub buffer_limit: AtomicU64,
+    /// Undelivered bytes in the disk buffer (when enabled).
+    pub disk_bytes: AtomicU64,
+    /// Records dropped by a full disk buffer with `when_full: drop_newest`.
+    pub lines_dropped_full: AtomicU64,
 }
 
 impl SinkStats {
@@ -79,6 +83,12 @@ fn counter(
 ) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(0u64);
     let mut family = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    if let [(labels, v)] = rows
+        && labels.is_empty()
+    {
+        // No label set: `name_total 3`, not `name_total{} 3`.
+        return ConstCounter::new(*v).encode(family);
+    }
     for (labels, v) in rows {
         let labels: Vec<(String, String)> = labels
             .iter()
@@ -97,6 +107,11 @@ fn gauge(
 ) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(0.0f64);
     let mut family = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    if let [(labels, v)] = rows
+        && labels.is_empty()
+    {
+        return ConstGauge::new(*v).encode(family);
+    }
     for (labels, v) in rows {
         ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
     }
@@ -280,6 +295,22 @@ impl Collector for LogshipCollector {
             "minirag_agent_logship_buffer_limit_bytes",
             "buffer.max_bytes of the sink",
             &limit,
+        )?;
+        let disk: Vec<_> = s
+            .sinks
+            .iter()
+            .map(|k| {
+                (
+                    vec![("sink".to_string(), k.name.clone())],
+                    k.disk_bytes.load(Relaxed) as f64,
+                )
+            })
+            .collect();
+        gauge(
+            &mut enc,
+            "minirag_agent_logship_disk_buffer_bytes",
+            "Undelivered bytes in the sink's disk buffer (0 without one)",
+            &disk,
         )?;
         let lags: Vec<_> = s
             .tracker

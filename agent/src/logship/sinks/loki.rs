@@ -84,7 +84,7 @@ impl LokiSink {
         &self,
         rec: &serde_json::Map<String, Value>,
         seen: &mut HashMap<String, HashSet<String>>,
-    ) -> BTreeMap<String, String> {
+    ) -> Labels {
         let mut labels = self.static_labels.clone();
         for (field, name) in &self.label_fields {
             let value = match rec.get(field) {
@@ -117,8 +117,7 @@ impl LokiSink {
     /// that spans files within it).
     fn body(&self, batch: &[Arc<Chunk>]) -> Vec<u8> {
         let now = now_nanos();
-        let mut streams: BTreeMap<BTreeMap<String, String>, Vec<(u64, Cow<'_, str>)>> =
-            BTreeMap::new();
+        let mut streams: BTreeMap<Labels, Vec<(u64, Cow<'_, str>)>> = BTreeMap::new();
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             for chunk in batch {
@@ -154,6 +153,9 @@ impl LokiSink {
     }
 }
 
+/// A stream's label set.
+type Labels = BTreeMap<String, String>;
+
 #[derive(Serialize)]
 struct Push<'a> {
     streams: Vec<Stream<'a>>,
@@ -161,7 +163,7 @@ struct Push<'a> {
 
 #[derive(Serialize)]
 struct Stream<'a> {
-    stream: BTreeMap<String, String>,
+    stream: Labels,
     /// `[timestamp in ns as a decimal string, line]`.
     values: Vec<(String, Cow<'a, str>)>,
 }

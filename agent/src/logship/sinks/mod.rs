@@ -2,6 +2,7 @@
 //! acknowledgements. A sink only says how to deliver one batch and how the peer's
 //! answer is classified; the driver here does everything else the same way for all.
 
+pub mod disk_buffer;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;
@@ -68,7 +69,11 @@ pub enum BuildError {
 }
 
 /// Builds the sink `cfg` describes and starts its driver.
-pub fn spawn(cfg: &SinkConfig, read_chunk_bytes: usize) -> Result<SinkHandle, BuildError> {
+pub fn spawn(
+    cfg: &SinkConfig,
+    read_chunk_bytes: usize,
+    data_dir: &std::path::Path,
+) -> Result<SinkHandle, BuildError> {
     let name = cfg.name();
     let invalid = |message: String| BuildError::Invalid {
         name: name.clone(),
@@ -81,27 +86,46 @@ pub fn spawn(cfg: &SinkConfig, read_chunk_bytes: usize) -> Result<SinkHandle, Bu
     let batch = cfg.batch().clone();
     let retry = cfg.retry();
     let st = Arc::clone(&stats);
+    let disk = match cfg.disk_buffer() {
+        Some(d) => {
+            let dir = d
+                .path
+                .clone()
+                .unwrap_or_else(|| data_dir.join("buffer").join(&name));
+            disk_buffer::prepare(&dir)
+                .map_err(|e| invalid(format!("disk buffer {}: {e}", dir.display())))?;
+            Some((d.clone(), dir))
+        }
+        None => None,
+    };
+    let start = Start {
+        rx,
+        batch,
+        retry,
+        stats: st,
+        disk,
+    };
     let task = match cfg {
         SinkConfig::File(c) => {
             let s = file::FileSink::open(c).map_err(|e| invalid(e.to_string()))?;
-            tokio::spawn(drive(s, rx, batch, retry, st))
+            start.spawn(s)
         }
-        SinkConfig::Stdout(_) => tokio::spawn(drive(stdout::StdoutSink, rx, batch, retry, st)),
+        SinkConfig::Stdout(_) => start.spawn(stdout::StdoutSink),
         SinkConfig::Http(c) => {
             let s = http::HttpSink::new(c).map_err(invalid)?;
-            tokio::spawn(drive(s, rx, batch, retry, st))
+            start.spawn(s)
         }
         SinkConfig::Otlp(c) => {
             let s = otlp::OtlpSink::new(c).map_err(invalid)?;
-            tokio::spawn(drive(s, rx, batch, retry, st))
+            start.spawn(s)
         }
         SinkConfig::Loki(c) => {
             let s = loki::LokiSink::new(c).map_err(invalid)?;
-            tokio::spawn(drive(s, rx, batch, retry, st))
+            start.spawn(s)
         }
         SinkConfig::Elasticsearch(c) => {
             let s = elasticsearch::ElasticsearchSink::new(c).map_err(invalid)?;
-            tokio::spawn(drive(s, rx, batch, retry, st))
+            start.spawn(s)
         }
     };
     Ok(SinkHandle {
@@ -110,6 +134,34 @@ pub fn spawn(cfg: &SinkConfig, read_chunk_bytes: usize) -> Result<SinkHandle, Bu
         stats,
         task,
     })
+}
+
+/// What a sink task needs, whichever way it runs.
+struct Start {
+    rx: mpsc::Receiver<Arc<Chunk>>,
+    batch: BatchConfig,
+    retry: RetryConfig,
+    stats: Arc<SinkStats>,
+    disk: Option<(crate::logship::config::DiskBufferConfig, std::path::PathBuf)>,
+}
+
+impl Start {
+    fn spawn<S: Sink>(self, sink: S) -> JoinHandle<()> {
+        match self.disk {
+            Some((cfg, dir)) => tokio::spawn(
+                disk_buffer::DiskBuffered {
+                    sink,
+                    cfg,
+                    dir,
+                    batch: self.batch,
+                    retry: self.retry,
+                    stats: self.stats,
+                }
+                .run(self.rx),
+            ),
+            None => tokio::spawn(drive(sink, self.rx, self.batch, self.retry, self.stats)),
+        }
+    }
 }
 
 /// Gathers chunks into batches, delivers each until the peer takes it (or refuses it
@@ -152,7 +204,12 @@ async fn drive<S: Sink>(
 
 /// Delivers a batch, retrying forever on retryable errors (the queue behind it fills
 /// and the reader waits: backpressure), splitting it on "too large".
-async fn deliver<S: Sink>(sink: &S, batch: &[Arc<Chunk>], retry: &RetryConfig, stats: &SinkStats) {
+pub(crate) async fn deliver<S: Sink>(
+    sink: &S,
+    batch: &[Arc<Chunk>],
+    retry: &RetryConfig,
+    stats: &SinkStats,
+) {
     let records: u64 = batch.iter().map(|c| c.len() as u64).sum();
     let bytes: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
     let per_request = Duration::from_millis(retry.timeout_ms.max(1));

@@ -72,8 +72,8 @@ impl OtlpSink {
     fn build(&self, batch: &[Arc<Chunk>]) -> (ExportLogsServiceRequest, u64) {
         let observed = now_nanos();
         let mut count = 0u64;
-        // (resource fields, records); a linear search is right for the usual one group.
-        let mut groups: Vec<(Vec<(String, String)>, Vec<LogRecord>)> = Vec::new();
+        // A linear search is right for the usual single group.
+        let mut groups: Vec<(Origin, Vec<LogRecord>)> = Vec::new();
         for chunk in batch {
             for (bytes, _) in chunk.iter() {
                 count += 1;
@@ -162,13 +162,16 @@ impl Sink for OtlpSink {
     }
 }
 
+/// A record's resource fields, `(name, value)` sorted by name.
+type Origin = Vec<(String, String)>;
+
 /// Record fields that describe the origin and go to the resource.
 fn is_resource_field(key: &str) -> bool {
     key == "host.name" || key == "service.name" || key.starts_with("k8s.")
 }
 
 /// One shipped record as a `LogRecord`, with its resource fields taken out.
-fn log_record(bytes: &[u8], observed: u64) -> (Vec<(String, String)>, LogRecord) {
+fn log_record(bytes: &[u8], observed: u64) -> (Origin, LogRecord) {
     let mut rec = LogRecord {
         observed_time_unix_nano: observed,
         ..Default::default()

@@ -202,6 +202,11 @@ impl Reader {
     }
 
     fn emit(&mut self, i: usize, parts: tail::Parts) -> Result<(), Closed> {
+        if self.tailers[i].id_changed {
+            let t = &mut self.tailers[i];
+            t.id_changed = false;
+            self.tracker.observe(t.key, None, t.id, t.position());
+        }
         let t = &self.tailers[i];
         let sinks = if parts.records.is_empty() {
             0
@@ -247,7 +252,11 @@ impl Reader {
                 t.position()
             ),
         );
-        let (old_id, old_offset, old_key) = (t.id, t.resume_offset(), t.key);
+        // A copy of the old content (copytruncate) must resume where every sink has
+        // acknowledged, not where we read: chunks in flight may yet fail, and the
+        // original is gone.
+        let (old_id, old_key) = (t.id, t.key);
+        let old_offset = self.tracker.committed(old_key).unwrap_or(0);
         self.remember(old_id, old_offset);
         self.tracker.release(old_key);
         let (id, size) = match identify(&self.tailers[i].file, false) {
@@ -308,7 +317,17 @@ impl Reader {
                 );
             }
             self.stats.reader.files_released.fetch_add(1, Relaxed);
-            self.remember(t.id, t.resume_offset());
+            crate::log::info_with(
+                "logship.file_released",
+                &format!(
+                    "stopped following {} at offset {}",
+                    t.path.display(),
+                    t.position()
+                ),
+                serde_json::json!({"path": t.path.display().to_string(), "offset": t.position(), "inode": t.id.ino}),
+            );
+            let committed = self.tracker.committed(t.key).unwrap_or(0);
+            self.remember(t.id, committed);
             self.tracker.release(t.key);
         }
         Ok(())
@@ -417,7 +436,12 @@ impl Reader {
         {
             return;
         }
-        let offset = self.start_offset(&file, &id, size, &path, gzip);
+        let (offset, why) = self.start_offset(&file, &id, size, &path, gzip);
+        crate::log::info_with(
+            "logship.file_opened",
+            &format!("following {} from offset {offset} ({why})", path.display()),
+            serde_json::json!({"path": path.display().to_string(), "offset": offset, "reason": why, "inode": id.ino, "size": size}),
+        );
         let key = self.tracker.register(id, path.clone(), offset, size);
         let enrich = self.enrichment(&path);
         match Tailer::new(key, file, path.clone(), id, enrich, offset) {
@@ -444,7 +468,7 @@ impl Reader {
         size: u64,
         path: &Path,
         gzip: bool,
-    ) -> u64 {
+    ) -> (u64, &'static str) {
         // A gzip file's offsets count decompressed bytes: no bound from its size.
         let size = if gzip { u64::MAX } else { size };
         // 1. The same inode with the same head: resume where the checkpoint says.
@@ -462,9 +486,9 @@ impl Reader {
                         e.offset
                     ),
                 );
-                return 0;
+                return (0, "checkpoint past the end: truncated");
             }
-            return e.offset;
+            return (e.offset, "checkpoint");
         }
         // 2. The same content under another inode: a copy (copytruncate) of a file we
         //    were reading continues where that file stopped.
@@ -475,17 +499,20 @@ impl Reader {
                 .position(|e| e.id.full() && e.id.fp == id.fp)
             {
                 let e = self.resume.swap_remove(i);
-                return e.offset.min(size);
+                return (e.offset.min(size), "copy of a checkpointed file");
             }
             if let Some(t) = self
                 .tailers
                 .iter()
                 .find(|t| t.id.full() && t.id.fp == id.fp)
             {
-                return t.resume_offset().min(size);
+                // The acknowledged offset, not the read one: what is in flight for the
+                // original may fail after the original was truncated.
+                let committed = self.tracker.committed(t.key).unwrap_or(0);
+                return (committed.min(size), "copy of a followed file");
             }
             if let Some((_, off)) = self.recent.iter().rev().find(|(r, _)| r.fp == id.fp) {
-                return (*off).min(size);
+                return ((*off).min(size), "copy of a file let go");
             }
         }
         if self.first_start && self.cfg.read_from == ReadFrom::End {
@@ -493,13 +520,14 @@ impl Reader {
                 // The decompressed length, once: only at the very first start.
                 let mut dec = match tail::from_start(file) {
                     Ok(f) => flate2::read::MultiGzDecoder::new(f),
-                    Err(_) => return 0,
+                    Err(_) => return (0, "new file"),
                 };
-                return std::io::copy(&mut dec, &mut std::io::sink()).unwrap_or(0);
+                let len = std::io::copy(&mut dec, &mut std::io::sink()).unwrap_or(0);
+                return (len, "first start, read_from: end");
             }
-            return size;
+            return (size, "first start, read_from: end");
         }
-        0
+        (0, "new file")
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Tailer {
     skipping_from: Option<u64>,
     partial_since: Option<Instant>,
     pub at_eof: bool,
+    /// The fingerprint grew; the tracker must learn it before the next chunk commits.
+    pub id_changed: bool,
     /// A gzip file's decoder, positioned at `position()` of the decompressed content.
     gzip: Option<flate2::read::MultiGzDecoder<File>>,
     /// Set when the file left the globs (renamed away or deleted).
@@ -156,6 +158,7 @@ impl Tailer {
             skipping_from: None,
             partial_since: None,
             at_eof: false,
+            id_changed: false,
             gzip,
             gone_since: None,
             seen: true,
@@ -231,6 +234,20 @@ impl Tailer {
             self.buf.truncate(keep);
             let size = self.file.metadata()?.len();
             return Ok(Read::Truncated { size });
+        }
+        // Keep the fingerprint ahead of the offset: a checkpoint must never hold an
+        // offset past the bytes its fingerprint covers, or a file rewritten while the
+        // shipper is down could be taken for the old one and skipped into.
+        if n > 0
+            && self.gzip.is_none()
+            && !self.id.full()
+            && pos + n as u64 > u64::from(self.id.fp_len)
+            && let Ok((id, _)) = identify(&self.file, false)
+            && id.dev == self.id.dev
+            && id.ino == self.id.ino
+        {
+            self.id = id;
+            self.id_changed = true;
         }
         if n == 0 {
             self.at_eof = true;
