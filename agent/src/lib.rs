@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod identity;
+pub mod inject;
 pub mod log;
 pub mod logship;
 pub mod metrics;

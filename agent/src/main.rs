@@ -83,6 +83,24 @@ enum Command {
         #[arg(long, env = "MINIRAG_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         worker_threads: Option<u16>,
     },
+    /// Add the agent sidecar to Kubernetes manifests (multi-document YAML, List, Pod,
+    /// Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob). Writes the result
+    /// on stdout and one report line per resource on stderr.
+    Inject {
+        /// A file, a directory (its *.yaml / *.yml / *.json files, sorted) or - for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: PathBuf,
+        /// Agent image [default: ghcr.io/minirag/minirag-agent:<version>].
+        #[arg(long)]
+        image: Option<String>,
+        /// Add the agent as a regular container (clusters before 1.29) instead of a
+        /// native sidecar (an init container with restartPolicy: Always).
+        #[arg(long)]
+        classic: bool,
+        /// ConfigMap holding agent.yaml [default: minirag-agent-config].
+        #[arg(long)]
+        config_map: Option<String>,
+    },
     /// On-call tools over the local log files.
     Logs {
         #[command(subcommand)]
@@ -131,6 +149,37 @@ fn internal_token() -> anyhow::Result<Option<String>> {
         }
         Err(_) => Ok(None),
     }
+}
+
+/// A file, every *.yaml / *.yml / *.json file of a directory (sorted), or stdin for `-`.
+fn read_manifests(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading manifests from stdin")?;
+        return Ok(s);
+    }
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            })
+            .collect();
+        files.sort();
+        let mut docs = Vec::new();
+        for f in files {
+            docs.push(
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+            );
+        }
+        return Ok(docs.join("\n---\n"));
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -207,6 +256,31 @@ fn run() -> anyhow::Result<()> {
             };
             minirag_agent::ship::effective(&opts)?;
             runtime_with(worker_threads)?.block_on(minirag_agent::ship::ship(opts))?;
+        }
+        Command::Inject {
+            file,
+            image,
+            classic,
+            config_map,
+        } => {
+            let mut opts = minirag_agent::inject::Options {
+                classic,
+                ..Default::default()
+            };
+            if let Some(i) = image {
+                opts.image = i;
+            }
+            if let Some(c) = config_map {
+                opts.config_map = c;
+            }
+            let input = read_manifests(&file)?;
+            let (out, reports) = minirag_agent::inject::inject_stream(&input, &opts)
+                .with_context(|| format!("{}", file.display()))?;
+            for r in &reports {
+                eprintln!("{r}");
+            }
+            use std::io::Write;
+            std::io::stdout().lock().write_all(out.as_bytes())?;
         }
         Command::Logs {
             command:
