@@ -101,6 +101,24 @@ enum Command {
         #[arg(long)]
         config_map: Option<String>,
     },
+    /// Mutating admission webhook (HTTPS): the same injection as `inject`, answered to
+    /// the API server as a JSON Patch. Never blocks a pod on its own errors.
+    Webhook {
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: SocketAddr,
+        /// PEM certificate chain (reloaded when it changes).
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        tls_key: PathBuf,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        classic: bool,
+        #[arg(long)]
+        config_map: Option<String>,
+    },
     /// On-call tools over the local log files.
     Logs {
         #[command(subcommand)]
@@ -281,6 +299,33 @@ fn run() -> anyhow::Result<()> {
             }
             use std::io::Write;
             std::io::stdout().lock().write_all(out.as_bytes())?;
+        }
+        Command::Webhook {
+            listen,
+            tls_cert,
+            tls_key,
+            image,
+            classic,
+            config_map,
+        } => {
+            let mut opts = minirag_agent::inject::Options {
+                classic,
+                ..Default::default()
+            };
+            if let Some(i) = image {
+                opts.image = i;
+            }
+            if let Some(c) = config_map {
+                opts.config_map = c;
+            }
+            let tls = minirag_agent::config::TlsConfig {
+                cert_file: tls_cert,
+                key_file: tls_key,
+                reload_interval_ms: 5_000,
+            };
+            runtime()?
+                .block_on(minirag_agent::inject::webhook::run(listen, &tls, opts))
+                .map_err(anyhow::Error::msg)?;
         }
         Command::Logs {
             command:

@@ -242,3 +242,157 @@ fn injected_manifests_pass_kubernetes_validate_strict() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Applies an RFC 6902 patch (add/remove/replace, as the webhook emits) to `doc`.
+fn apply_patch(doc: &mut serde_json::Value, ops: &[serde_json::Value]) {
+    fn unescape(s: &str) -> String {
+        s.replace("~1", "/").replace("~0", "~")
+    }
+    for op in ops {
+        let path = op["path"].as_str().unwrap();
+        let parts: Vec<String> = path.split('/').skip(1).map(unescape).collect();
+        let (last, parents) = parts.split_last().unwrap();
+        let mut cur = &mut *doc;
+        for p in parents {
+            cur = match cur {
+                serde_json::Value::Array(a) => &mut a[p.parse::<usize>().unwrap()],
+                serde_json::Value::Object(o) => o.get_mut(p).unwrap(),
+                _ => panic!("bad path {path}"),
+            };
+        }
+        let value = op["value"].clone();
+        match (op["op"].as_str().unwrap(), cur) {
+            ("add", serde_json::Value::Array(a)) if last == "-" => a.push(value),
+            ("add", serde_json::Value::Array(a)) => a.insert(last.parse().unwrap(), value),
+            ("add" | "replace", serde_json::Value::Object(o)) => {
+                o.insert(last.clone(), value);
+            }
+            ("replace", serde_json::Value::Array(a)) => a[last.parse::<usize>().unwrap()] = value,
+            ("remove", serde_json::Value::Object(o)) => {
+                o.remove(last);
+            }
+            (op, _) => panic!("unsupported op {op} at {path}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_webhook_patch_gives_the_same_pod_as_the_cli() {
+    use base64::Engine;
+    let dir = std::env::temp_dir().join(format!("inject-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minirag-agent"))
+        .args(["webhook", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("tls.key"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let guard = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l)
+                && v["event"] == "webhook.started"
+            {
+                let _ = tx.send(v["listen"].as_str().unwrap().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("webhook did not start");
+    let port = addr.rsplit(':').next().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/mutate");
+
+    let pods = [
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: rag, annotations: {a/b~c: x}}\nspec:\n  initContainers: [{name: migrate, image: m}]\n  containers: [{name: app, image: x, volumeMounts: [{name: data, mountPath: /data}]}]\n  volumes: [{name: data, emptyDir: {}}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: b, annotations: {minirag.io/sidecar-mode: classic, minirag.io/upstream-port: '9000'}}\nspec:\n  containers: [{name: app, image: x}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: c, annotations: {minirag.io/inject: disabled}}\nspec:\n  containers: [{name: app, image: x}]\n",
+    ];
+    for (i, pod_yaml) in pods.iter().enumerate() {
+        let pod: serde_json::Value = serde_yaml::from_str(pod_yaml).unwrap();
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": format!("uid-{i}"), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": "rag", "operation": "CREATE", "object": pod}
+        });
+        let resp: serde_json::Value = client
+            .post(&url)
+            .json(&review)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(resp["kind"], "AdmissionReview");
+        assert_eq!(resp["response"]["uid"], format!("uid-{i}"));
+        assert_eq!(resp["response"]["allowed"], true);
+        let cli = inject(&["-f", "-"], Some(pod_yaml));
+        let cli_pod: serde_json::Value =
+            serde_yaml::from_str(std::str::from_utf8(&cli.stdout).unwrap()).unwrap();
+        let mut patched = pod.clone();
+        if let Some(p) = resp["response"]["patch"].as_str() {
+            assert_eq!(resp["response"]["patchType"], "JSONPatch");
+            let ops: Vec<serde_json::Value> = serde_json::from_slice(
+                &base64::engine::general_purpose::STANDARD.decode(p).unwrap(),
+            )
+            .unwrap();
+            if i == 0 {
+                let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+                assert!(
+                    paths.contains(&"/metadata/annotations/minirag.io~1injected"),
+                    "{paths:?}"
+                );
+                assert!(paths.contains(&"/spec/initContainers/0"), "{paths:?}");
+            }
+            apply_patch(&mut patched, &ops);
+        } else {
+            assert_eq!(i, 2, "only the disabled pod is left alone");
+        }
+        assert_eq!(patched, cli_pod, "pod {i}: webhook and CLI differ");
+    }
+
+    // Garbage is allowed unchanged, with the reason, never refused.
+    let resp: serde_json::Value = client
+        .post(&url)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["response"]["allowed"], true);
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON")
+    );
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}

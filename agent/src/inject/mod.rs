@@ -6,7 +6,9 @@
 //! function of the pod template, its annotations and the namespace's annotations, so
 //! injecting twice changes nothing and the admission webhook can share it.
 
+pub mod patch;
 pub mod pod;
+pub mod webhook;
 
 use serde_yaml::{Mapping, Value};
 
