@@ -309,6 +309,9 @@ env:
     valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
   - name: POD_IP
     valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+envFrom:
+  # MINIRAG_INTERNAL_TOKEN and other secrets, shared with the app; optional.
+  - secretRef: {{name: minirag-secrets, optional: true}}
 volumeMounts:
   - {{name: {CONFIG_VOLUME}, mountPath: {CONFIG_DIR}, readOnly: true}}
   - {{name: {LOGS_VOLUME}, mountPath: {log_path}}}
