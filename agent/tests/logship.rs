@@ -914,3 +914,33 @@ logship:
     assert!(sink.state.lock().unwrap().requests > 3);
     drop(shipper);
 }
+
+#[tokio::test]
+async fn files_created_and_deleted_during_an_outage_are_still_shipped() {
+    let dir = common::temp_dir("logship-outage");
+    let sink = start_sink(Behaviour::Status(503)).await;
+    let cfg = write_config(&dir, &sink, "");
+    let logs = dir.join("logs");
+    // More than the sink's queue holds, so the reader is held up by backpressure.
+    append(
+        &logs.join("a.log"),
+        (0..3000).map(line).collect::<String>().as_bytes(),
+    );
+    let _shipper = Shipper::start(&cfg);
+    wait_for("the sink to be tried", Duration::from_secs(10), || {
+        sink.state.lock().unwrap().requests >= 2
+    })
+    .await;
+    append(
+        &logs.join("b.log"),
+        (5000..5100).map(line).collect::<String>().as_bytes(),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    std::fs::remove_file(logs.join("b.log")).unwrap();
+    sink.set(Behaviour::Ok);
+    wait_for("both files", Duration::from_secs(20), || {
+        let s = numbers(&sink.records());
+        (0..3000).chain(5000..5100).all(|n| s.contains_key(&n))
+    })
+    .await;
+}

@@ -44,6 +44,7 @@ pub struct Reader {
     recent: VecDeque<(FileIdentity, u64)>,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
+    next_discover: Instant,
 }
 
 /// Wake-ups from inotify; `structure` asks for a discovery pass (created, renamed,
@@ -118,6 +119,7 @@ impl Reader {
             recent: VecDeque::new(),
             stop: p.stop,
             wake: p.wake,
+            next_discover: Instant::now(),
             cfg: p.cfg,
         }
     }
@@ -136,14 +138,11 @@ impl Reader {
 
     /// Runs until `stop` is set or every sink queue is closed.
     pub fn run(mut self) {
-        let discover_every = Duration::from_millis(self.cfg.discover_interval_ms.max(10));
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(1));
-        let mut next_discover = Instant::now();
         let mut first = true;
         while !self.stop.load(Relaxed) {
-            if Instant::now() >= next_discover || self.wake.structure.swap(false, Relaxed) {
+            if Instant::now() >= self.next_discover || self.wake.structure.swap(false, Relaxed) {
                 self.discover();
-                next_discover = Instant::now() + discover_every;
                 if first {
                     first = false;
                     // From now on files are known: persist that before reading, so a crash
@@ -165,7 +164,7 @@ impl Reader {
                 return;
             }
             if !progressed {
-                let until_discover = next_discover.saturating_duration_since(Instant::now());
+                let until_discover = self.next_discover.saturating_duration_since(Instant::now());
                 self.wake
                     .wait(poll.min(until_discover).max(Duration::from_millis(1)));
             }
@@ -229,13 +228,31 @@ impl Reader {
             read_at: Instant::now(),
             tracker: Arc::clone(&self.tracker),
         });
-        for out in &self.outputs {
-            out.stats.buffer_bytes.fetch_add(bytes, Relaxed);
-            // Blocks while the sink's queue is full: that is the backpressure. The
-            // queue closes only when the sink is shut down.
-            if out.tx.blocking_send(Arc::clone(&chunk)).is_err() {
-                out.stats.buffer_bytes.fetch_sub(bytes, Relaxed);
-                return Err(Closed);
+        for k in 0..self.outputs.len() {
+            self.outputs[k].stats.buffer_bytes.fetch_add(bytes, Relaxed);
+            let mut pending = Arc::clone(&chunk);
+            // Waits while the sink's queue is full: that is the backpressure. Meanwhile
+            // discovery goes on, so files created during an outage are opened (and
+            // their content kept by the open descriptor even if rotation deletes them).
+            loop {
+                match self.outputs[k].tx.try_send(pending) {
+                    Ok(()) => break,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(c)) => {
+                        pending = c;
+                        if self.stop.load(Relaxed) {
+                            self.outputs[k].stats.buffer_bytes.fetch_sub(bytes, Relaxed);
+                            return Err(Closed);
+                        }
+                        if Instant::now() >= self.next_discover {
+                            self.discover();
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                        self.outputs[k].stats.buffer_bytes.fetch_sub(bytes, Relaxed);
+                        return Err(Closed);
+                    }
+                }
             }
         }
         Ok(())
@@ -351,6 +368,8 @@ impl Reader {
     }
 
     fn discover(&mut self) {
+        self.next_discover =
+            Instant::now() + Duration::from_millis(self.cfg.discover_interval_ms.max(10));
         for t in &mut self.tailers {
             t.seen = false;
         }
