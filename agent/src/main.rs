@@ -169,6 +169,21 @@ fn internal_token() -> anyhow::Result<Option<String>> {
     }
 }
 
+/// The injection defaults with the `inject` / `webhook` flags applied.
+fn inject_options(
+    image: Option<String>,
+    classic: bool,
+    config_map: Option<String>,
+) -> minirag_agent::inject::Options {
+    let defaults = minirag_agent::inject::Options::default();
+    minirag_agent::inject::Options {
+        classic,
+        image: image.unwrap_or(defaults.image.clone()),
+        config_map: config_map.unwrap_or(defaults.config_map.clone()),
+        ..defaults
+    }
+}
+
 /// A file, every *.yaml / *.yml / *.json file of a directory (sorted), or stdin for `-`.
 fn read_manifests(path: &std::path::Path) -> anyhow::Result<String> {
     use std::io::Read;
@@ -281,16 +296,7 @@ fn run() -> anyhow::Result<()> {
             classic,
             config_map,
         } => {
-            let mut opts = minirag_agent::inject::Options {
-                classic,
-                ..Default::default()
-            };
-            if let Some(i) = image {
-                opts.image = i;
-            }
-            if let Some(c) = config_map {
-                opts.config_map = c;
-            }
+            let opts = inject_options(image, classic, config_map);
             let input = read_manifests(&file)?;
             let (out, reports) = minirag_agent::inject::inject_stream(&input, &opts)
                 .with_context(|| format!("{}", file.display()))?;
@@ -308,16 +314,7 @@ fn run() -> anyhow::Result<()> {
             classic,
             config_map,
         } => {
-            let mut opts = minirag_agent::inject::Options {
-                classic,
-                ..Default::default()
-            };
-            if let Some(i) = image {
-                opts.image = i;
-            }
-            if let Some(c) = config_map {
-                opts.config_map = c;
-            }
+            let opts = inject_options(image, classic, config_map);
             let tls = minirag_agent::config::TlsConfig {
                 cert_file: tls_cert,
                 key_file: tls_key,

@@ -1,7 +1,6 @@
 //! The unit that flows from the reader to every sink: consecutive records of one file.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::logship::checkpoint::{FileKey, Tracker};
 
@@ -25,9 +24,6 @@ pub struct Chunk {
     /// Records as NDJSON: each is one JSON object followed by `\n`.
     pub data: Vec<u8>,
     pub records: Vec<RecordMeta>,
-    /// File offset just past the last byte this chunk consumed.
-    pub end_offset: u64,
-    pub read_at: Instant,
     pub(crate) tracker: Arc<Tracker>,
 }
 

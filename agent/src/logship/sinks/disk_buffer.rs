@@ -16,7 +16,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
@@ -284,8 +284,6 @@ fn read_batch(
                 fingerprint: h.fp,
                 data,
                 records,
-                end_offset: 0,
-                read_at: Instant::now(),
                 tracker: Arc::clone(tracker),
             }));
         }
@@ -368,41 +366,32 @@ async fn write_loop(
             continue;
         }
         full_logged = false;
-        let d = Arc::clone(&dir);
-        let batch = chunks.clone();
-        let result = tokio::task::spawn_blocking(move || append(&d, &batch)).await;
-        match result {
-            Ok(Ok(())) => {
-                for c in &chunks {
-                    stats.buffer_bytes.fetch_sub(c.data.len() as u64, Relaxed);
-                    c.ack();
+        // Acknowledged only once on disk. A failing disk keeps the reader waiting
+        // (backpressure) until a write succeeds; nothing is dropped.
+        loop {
+            let d = Arc::clone(&dir);
+            let batch = chunks.clone();
+            match tokio::task::spawn_blocking(move || append(&d, &batch)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    crate::log::error(
+                        "logship.disk_buffer_failed",
+                        &format!(
+                            "sink {}: writing the disk buffer {}: {e}; retrying",
+                            stats.name,
+                            dir.dir.display()
+                        ),
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                written.notify_one();
+                Err(_) => return,
             }
-            Ok(Err(e)) => {
-                // Not acknowledged: the chunks are read again from the files after a
-                // restart. Waiting here keeps the reader blocked (backpressure).
-                crate::log::error(
-                    "logship.disk_buffer_failed",
-                    &format!(
-                        "sink {}: writing the disk buffer {}: {e}; retrying",
-                        stats.name,
-                        dir.dir.display()
-                    ),
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let d = Arc::clone(&dir);
-                let batch = chunks.clone();
-                if let Ok(Ok(())) = tokio::task::spawn_blocking(move || append(&d, &batch)).await {
-                    for c in &chunks {
-                        stats.buffer_bytes.fetch_sub(c.data.len() as u64, Relaxed);
-                        c.ack();
-                    }
-                    written.notify_one();
-                }
-            }
-            Err(_) => return,
         }
+        for c in &chunks {
+            stats.buffer_bytes.fetch_sub(c.data.len() as u64, Relaxed);
+            c.ack();
+        }
+        written.notify_one();
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::logship::chunk::Chunk;
-use crate::logship::config::{Compression, ElasticsearchSinkConfig};
+use crate::logship::config::ElasticsearchSinkConfig;
 use crate::logship::record;
 use crate::logship::sinks::otlp::unix_nanos;
 use crate::logship::sinks::{Delivered, Sink, SinkError, net};
@@ -31,10 +31,7 @@ use crate::logship::sinks::{Delivered, Sink, SinkError, net};
 const FILTER_PATH: &str = "errors,items.*.status,items.*.error.type,items.*.error.reason";
 
 pub struct ElasticsearchSink {
-    client: reqwest::Client,
-    url: String,
-    headers: reqwest::header::HeaderMap,
-    gzip: bool,
+    endpoint: net::Endpoint,
     /// `{"_index":"<data stream>"` with the name JSON-escaped once.
     index_json: String,
 }
@@ -48,13 +45,14 @@ impl ElasticsearchSink {
             return Err("data_stream must not be empty".into());
         }
         Ok(Self {
-            client: net::client()?,
-            url: format!(
-                "{}/_bulk?filter_path={FILTER_PATH}",
-                c.endpoint.trim_end_matches('/')
-            ),
-            headers: net::headers(&c.headers)?,
-            gzip: c.compression == Compression::Gzip,
+            endpoint: net::Endpoint::new(
+                format!(
+                    "{}/_bulk?filter_path={FILTER_PATH}",
+                    c.endpoint.trim_end_matches('/')
+                ),
+                net::headers(&c.headers)?,
+                c.compression,
+            )?,
             index_json: record::json_string(&c.data_stream),
         })
     }
@@ -177,17 +175,10 @@ fn describe(item: &BulkItem) -> String {
 
 impl Sink for ElasticsearchSink {
     async fn deliver(&self, batch: &[Arc<Chunk>]) -> Result<Delivered, SinkError> {
-        let mut body = self.body(batch);
-        let mut req = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
-        if self.gzip {
-            body = net::gzip(&body);
-            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        let resp = req.body(body).send().await.map_err(net::transport)?;
+        let resp = self
+            .endpoint
+            .post("application/x-ndjson", self.body(batch))
+            .await?;
         let resp = net::classify(resp).await?;
         // A 2xx whose body we cannot read or parse: the peer took the request, and
         // retrying could not tell us more; count it delivered.

@@ -3,23 +3,17 @@
 use std::sync::Arc;
 
 use crate::logship::chunk::Chunk;
-use crate::logship::config::{Compression, HttpSinkConfig};
+use crate::logship::config::HttpSinkConfig;
 use crate::logship::sinks::{Delivered, Sink, SinkError, net};
 
 pub struct HttpSink {
-    client: reqwest::Client,
-    url: String,
-    headers: reqwest::header::HeaderMap,
-    gzip: bool,
+    endpoint: net::Endpoint,
 }
 
 impl HttpSink {
     pub fn new(c: &HttpSinkConfig) -> Result<Self, String> {
         Ok(Self {
-            client: net::client()?,
-            url: c.url.clone(),
-            headers: net::headers(&c.headers)?,
-            gzip: c.compression == Compression::Gzip,
+            endpoint: net::Endpoint::new(c.url.clone(), net::headers(&c.headers)?, c.compression)?,
         })
     }
 }
@@ -31,16 +25,7 @@ impl Sink for HttpSink {
         for c in batch {
             body.extend_from_slice(&c.data);
         }
-        let mut req = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
-        if self.gzip {
-            body = net::gzip(&body);
-            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        let resp = req.body(body).send().await.map_err(net::transport)?;
+        let resp = self.endpoint.post("application/x-ndjson", body).await?;
         net::classify(resp).await?;
         Ok(Delivered::default())
     }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::logship::chunk::Chunk;
-use crate::logship::config::{Compression, LokiSinkConfig};
+use crate::logship::config::LokiSinkConfig;
 use crate::logship::record;
 use crate::logship::sinks::otlp::{now_nanos, unix_nanos};
 use crate::logship::sinks::{Delivered, Sink, SinkError, net};
@@ -34,11 +34,8 @@ const FALLBACK_LABEL: (&str, &str) = ("job", "minirag");
 const MAX_LABEL_VALUE_BYTES: usize = 1024;
 
 pub struct LokiSink {
-    client: reqwest::Client,
-    url: String,
-    /// The configured headers plus `X-Scope-OrgID`.
-    headers: reqwest::header::HeaderMap,
-    gzip: bool,
+    /// Its headers are the configured ones plus `X-Scope-OrgID`.
+    endpoint: net::Endpoint,
     static_labels: BTreeMap<String, String>,
     /// (record field, label name).
     label_fields: Vec<(String, String)>,
@@ -59,10 +56,7 @@ impl LokiSink {
             headers.insert("x-scope-orgid", value);
         }
         Ok(Self {
-            client: net::client()?,
-            url: c.endpoint.clone(),
-            headers,
-            gzip: c.compression == Compression::Gzip,
+            endpoint: net::Endpoint::new(c.endpoint.clone(), headers, c.compression)?,
             static_labels: c
                 .labels
                 .iter()
@@ -170,17 +164,10 @@ struct Stream<'a> {
 
 impl Sink for LokiSink {
     async fn deliver(&self, batch: &[Arc<Chunk>]) -> Result<Delivered, SinkError> {
-        let mut body = self.body(batch);
-        let mut req = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if self.gzip {
-            body = net::gzip(&body);
-            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        let resp = req.body(body).send().await.map_err(net::transport)?;
+        let resp = self
+            .endpoint
+            .post("application/json", self.body(batch))
+            .await?;
         // Loki answers 204; 429 (rate limit) and 5xx are retried, 400 (e.g. entries too
         // old) is final.
         net::classify(resp).await?;

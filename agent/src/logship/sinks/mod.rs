@@ -318,6 +318,49 @@ pub mod net {
 
     use super::SinkError;
 
+    /// Where a network sink POSTs: the client, URL, configured headers and compression
+    /// every network sink shares.
+    pub struct Endpoint {
+        client: reqwest::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+        gzip: bool,
+    }
+
+    impl Endpoint {
+        pub fn new(
+            url: String,
+            headers: reqwest::header::HeaderMap,
+            compression: crate::logship::config::Compression,
+        ) -> Result<Self, String> {
+            Ok(Self {
+                client: client()?,
+                url,
+                headers,
+                gzip: compression == crate::logship::config::Compression::Gzip,
+            })
+        }
+
+        /// One POST of `body` (gzipped when configured). Only transport failures are
+        /// errors here; each sink classifies the answer itself.
+        pub async fn post(
+            &self,
+            content_type: &'static str,
+            mut body: Vec<u8>,
+        ) -> Result<reqwest::Response, SinkError> {
+            let mut req = self
+                .client
+                .post(&self.url)
+                .headers(self.headers.clone())
+                .header(reqwest::header::CONTENT_TYPE, content_type);
+            if self.gzip {
+                body = gzip(&body);
+                req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            }
+            req.body(body).send().await.map_err(transport)
+        }
+    }
+
     pub fn client() -> Result<reqwest::Client, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::Client::builder()

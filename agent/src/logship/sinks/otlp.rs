@@ -26,7 +26,7 @@ use prost::Message;
 use serde_json::{Map, Value, json};
 
 use crate::logship::chunk::Chunk;
-use crate::logship::config::{Compression, OtlpEncoding, OtlpSinkConfig};
+use crate::logship::config::{OtlpEncoding, OtlpSinkConfig};
 use crate::logship::record;
 use crate::logship::sinks::{Delivered, Sink, SinkError, net};
 
@@ -39,10 +39,7 @@ pub const SCOPE_NAME: &str = "minirag-agent.logship";
 pub const DEFAULT_SERVICE_NAME: &str = "minirag";
 
 pub struct OtlpSink {
-    client: reqwest::Client,
-    url: String,
-    headers: reqwest::header::HeaderMap,
-    gzip: bool,
+    endpoint: net::Endpoint,
     encoding: OtlpEncoding,
     service_name: String,
 }
@@ -59,10 +56,11 @@ impl OtlpSink {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
         Ok(Self {
-            client: net::client()?,
-            url: c.endpoint.clone(),
-            headers: net::headers(&c.headers)?,
-            gzip: c.compression == Compression::Gzip,
+            endpoint: net::Endpoint::new(
+                c.endpoint.clone(),
+                net::headers(&c.headers)?,
+                c.compression,
+            )?,
             encoding: c.encoding,
             service_name,
         })
@@ -120,7 +118,7 @@ impl OtlpSink {
 impl Sink for OtlpSink {
     async fn deliver(&self, batch: &[Arc<Chunk>]) -> Result<Delivered, SinkError> {
         let (request, count) = self.build(batch);
-        let (mut body, content_type) = match self.encoding {
+        let (body, content_type) = match self.encoding {
             OtlpEncoding::Protobuf => (request.encode_to_vec(), "application/x-protobuf"),
             OtlpEncoding::Json => (
                 serde_json::to_vec(&json_request(&request)).unwrap_or_default(),
@@ -128,16 +126,7 @@ impl Sink for OtlpSink {
             ),
         };
         drop(request);
-        let mut req = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, content_type);
-        if self.gzip {
-            body = net::gzip(&body);
-            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        let resp = req.body(body).send().await.map_err(net::transport)?;
+        let resp = self.endpoint.post(content_type, body).await?;
         let status = resp.status();
         let answer_is_json = match resp.headers().get(reqwest::header::CONTENT_TYPE) {
             Some(v) => v.to_str().is_ok_and(|t| t.contains("json")),

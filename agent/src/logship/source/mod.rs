@@ -160,9 +160,7 @@ impl Reader {
                 Ok(p) => p,
                 Err(Closed) => return,
             };
-            if self.release_pass().is_err() {
-                return;
-            }
+            self.release_pass();
             if !progressed {
                 let until_discover = self.next_discover.saturating_duration_since(Instant::now());
                 self.wake
@@ -224,8 +222,6 @@ impl Reader {
             fingerprint: t.id.fp,
             data: parts.data,
             records: parts.records,
-            end_offset: parts.end_offset,
-            read_at: Instant::now(),
             tracker: Arc::clone(&self.tracker),
         });
         for k in 0..self.outputs.len() {
@@ -297,7 +293,7 @@ impl Reader {
 
     /// Lets go of files that left the globs once read to their end, or after
     /// `rotate_wait_seconds` (counting what was never read).
-    fn release_pass(&mut self) -> Result<(), Closed> {
+    fn release_pass(&mut self) {
         let wait = Duration::from_secs(self.cfg.rotate_wait_seconds);
         let mut i = 0;
         while i < self.tailers.len() {
@@ -347,7 +343,6 @@ impl Reader {
             self.remember(t.id, committed);
             self.tracker.release(t.key);
         }
-        Ok(())
     }
 
     fn matched_paths(&self) -> Vec<PathBuf> {
