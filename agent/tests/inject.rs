@@ -109,7 +109,10 @@ fn classic_mode_and_flags() {
         .iter()
         .find(|v| v["name"] == "minirag-agent-config")
         .unwrap();
-    assert_eq!(cm["configMap"]["name"], "my-agent");
+    let sources = &cm["projected"]["sources"];
+    assert_eq!(sources[0]["configMap"]["name"], "my-agent");
+    assert_eq!(sources[1]["configMap"]["name"], "minirag-agent-rules");
+    assert_eq!(sources[1]["configMap"]["optional"], true);
 }
 
 #[test]

@@ -17,6 +17,7 @@ pub const ANNOTATION_MEMORY_REQUEST: &str = "minirag.io/memory-request";
 pub const ANNOTATION_MEMORY_LIMIT: &str = "minirag.io/memory-limit";
 pub const ANNOTATION_MODE: &str = "minirag.io/sidecar-mode";
 pub const ANNOTATION_CONFIG_MAP: &str = "minirag.io/config-map";
+pub const ANNOTATION_RULES_CONFIG_MAP: &str = "minirag.io/rules-config-map";
 
 pub const CONTAINER_NAME: &str = "minirag-agent";
 const LOGS_VOLUME: &str = "minirag-logs";
@@ -32,6 +33,9 @@ pub struct Options {
     pub upstream_port: u16,
     pub log_path: String,
     pub config_map: String,
+    /// Alert/recording rule files, projected next to the config (optional: a pod
+    /// without it simply evaluates no rules).
+    pub rules_config_map: String,
     pub classic: bool,
     pub cpu_request: String,
     pub memory_request: String,
@@ -53,6 +57,7 @@ impl Default for Options {
             upstream_port: 8000,
             log_path: "/var/log/minirag".into(),
             config_map: "minirag-agent-config".into(),
+            rules_config_map: "minirag-agent-rules".into(),
             classic: false,
             cpu_request: "50m".into(),
             memory_request: "64Mi".into(),
@@ -171,9 +176,11 @@ pub fn inject_template(
         .iter()
         .any(|v| v.get("name").and_then(Value::as_str) == Some(CONFIG_VOLUME))
     {
+        // One read-only directory holding agent.yaml (required) and the rule files
+        // (optional), so the agent's config can name rules by a fixed path.
         volumes.push(yaml(&format!(
-            "{{name: {CONFIG_VOLUME}, configMap: {{name: {}}}}}",
-            opts.config_map
+            "{{name: {CONFIG_VOLUME}, projected: {{sources: [{{configMap: {{name: {}}}}}, {{configMap: {{name: {}, optional: true}}}}]}}}}",
+            opts.config_map, opts.rules_config_map
         )));
     }
     // The app writes its logs into the shared volume, where the agent tails them.
@@ -244,8 +251,16 @@ fn overrides(defaults: &Options, annotations: &Mapping) -> Result<Options, Strin
         }
         o.log_path = v.trim_end_matches('/').to_string();
     }
-    if let Some(v) = ann(ANNOTATION_CONFIG_MAP) {
-        o.config_map = v.to_string();
+    for (key, into) in [
+        (ANNOTATION_CONFIG_MAP, &mut o.config_map),
+        (ANNOTATION_RULES_CONFIG_MAP, &mut o.rules_config_map),
+    ] {
+        if let Some(v) = ann(key) {
+            if !dns_subdomain(v) {
+                return Err(format!("{key}: {v:?} is not a ConfigMap name"));
+            }
+            *into = v.to_string();
+        }
     }
     for (key, into) in [
         (ANNOTATION_CPU_REQUEST, &mut o.cpu_request),
@@ -270,6 +285,21 @@ fn overrides(defaults: &Options, annotations: &Mapping) -> Result<Options, Strin
         }
     }
     Ok(o)
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): the value lands unquoted in YAML,
+/// so anything else is refused rather than interpreted.
+fn dns_subdomain(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
 }
 
 /// `100m`, `64Mi`, `1.5`, `2G`: digits with an optional decimal part and unit suffix.
@@ -369,6 +399,16 @@ fn yaml(s: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_map_names() {
+        for ok in ["minirag-agent-rules", "a", "rules.v2"] {
+            assert!(dns_subdomain(ok), "{ok}");
+        }
+        for bad in ["", "Rules", "a b", "-a", "a-", "a..b", "{x: y}"] {
+            assert!(!dns_subdomain(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn quantities() {
