@@ -22,6 +22,8 @@ pub struct AdminState {
     /// False from the moment shutdown starts.
     pub accepting: AtomicBool,
     pub shutdown: Arc<Notify>,
+    /// Serves `/api/v1/*` (rules, alerts, query) when rule evaluation is on.
+    pub rules: Option<Arc<crate::rules::Runtime>>,
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
@@ -56,6 +58,12 @@ async fn route(
     state: Arc<AdminState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path().starts_with("/api/v1/")
+        && let Some(rt) = state.rules.clone()
+    {
+        let r = crate::rules::api::handle(&rt, req).await;
+        return Ok(r.unwrap_or_else(crate::rules::api::not_found));
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(state.proxy.metrics.encode())));

@@ -37,6 +37,8 @@ pub struct AgentConfig {
     pub quotas: QuotasConfig,
     /// Log tailing and shipping (off by default in `run`; see config/agent.yaml).
     pub logship: crate::logship::LogshipConfig,
+    /// Local alert-rule evaluation (off by default in `run`; see docs/rules.md).
+    pub rules: crate::rules::RulesConfig,
 }
 
 impl Default for AgentConfig {
@@ -57,6 +59,7 @@ impl Default for AgentConfig {
             identity: IdentityConfig::default(),
             quotas: QuotasConfig::default(),
             logship: crate::logship::LogshipConfig::default(),
+            rules: crate::rules::RulesConfig::default(),
         }
     }
 }
@@ -487,6 +490,7 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         self.logship.validate().map_err(ConfigError::Invalid)?;
+        self.rules.validate().map_err(ConfigError::Invalid)?;
         if crate::proxy::forward::Upstream::parse(&self.upstream).is_err() {
             return bad(format!(
                 "upstream {:?} must be http://host:port",

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod quota;
 pub mod reload;
+pub mod rules;
 pub mod ship;
 pub mod telemetry;
 pub mod tls;
@@ -63,11 +64,43 @@ pub async fn run(
     } else {
         None
     };
+    let rules_prepared = if cfg.rules.enabled {
+        let targets = rules::targets_from_config(
+            &cfg.rules,
+            Some(&cfg.admin_listen.to_string()),
+            Some(&cfg.upstream),
+        );
+        let external_url = cfg
+            .rules
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.admin_listen));
+        Some(
+            rules::Prepared::new(cfg.rules.clone(), targets, external_url)
+                .map_err(|e| RunError::Config(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let mut metrics = metrics::Metrics::new(tracing.as_ref().map(|t| t.stats()));
     if let Some(s) = &shipper {
         metrics = metrics.with_collector(Box::new(logship::stats::LogshipCollector(s.stats())));
     }
+    if let Some(p) = &rules_prepared {
+        metrics = metrics.with_collector(Box::new(p.collector()));
+    }
     let metrics = Arc::new(metrics);
+    // The agent scrapes its own registry in-process (no HTTP hop to itself).
+    let rules_rt = match rules_prepared {
+        Some(p) => {
+            let m = Arc::clone(&metrics);
+            Some(
+                p.start(Some(Arc::new(move || m.encode())))
+                    .map_err(|e| RunError::Config(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let dynamic = Dynamic::build(cfg.clone(), &metrics).map_err(RunError::Config)?;
     let identity = match cfg.identity.provider {
         config::IdentityProvider::None => None,
@@ -131,6 +164,7 @@ pub async fn run(
         proxy: Arc::clone(&proxy),
         accepting: AtomicBool::new(true),
         shutdown: Arc::clone(&shutdown),
+        rules: rules_rt.clone(),
     });
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -183,6 +217,12 @@ pub async fn run(
     drop(admin_state);
     drop(proxy);
     tokio::time::sleep(Duration::from_millis(cfg.access_log.flush_interval_ms + 50)).await;
+    if let Some(rt) = &rules_rt {
+        rt.shutdown(Duration::from_secs(
+            cfg.lifecycle.grace_seconds.clamp(1, 10),
+        ))
+        .await;
+    }
     // Whatever the shipper cannot deliver now stays unacknowledged and is read again
     // on the next start.
     if let Some(s) = shipper {

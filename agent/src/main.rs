@@ -129,6 +129,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Prometheus alerting and recording rules (alerts/*.yaml).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -145,6 +150,49 @@ enum LogsCommand {
         paths: Vec<String>,
         #[arg(long, env = "MINIRAG_AGENT_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate rule files like `promtool check rules` (exit 1 on any error).
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests in `promtool test rules` format (exit 1 on any failure).
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Evaluate rules continuously: scrape, alert, serve /metrics and /api/v1/* on
+    /// --admin-listen. Flags override the config file's `rules` section.
+    Run {
+        #[arg(long, env = "MINIRAG_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Metrics URL to scrape (repeatable; added to rules.scrape.targets).
+        #[arg(long = "scrape")]
+        scrape: Vec<String>,
+        /// Rule file or glob (repeatable) [default: rules.rule_files].
+        #[arg(long = "rules")]
+        rules: Vec<String>,
+        /// Alertmanager base URL (repeatable).
+        #[arg(long = "alertmanager")]
+        alertmanagers: Vec<String>,
+        /// URL receiving Alertmanager webhook JSON (repeatable).
+        #[arg(long = "webhook")]
+        webhooks: Vec<String>,
+        /// /metrics, /healthz and the API [default: admin_listen, 127.0.0.1:9901].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Scrape interval, e.g. 1s [default: rules.scrape.interval, 15s].
+        #[arg(long)]
+        scrape_interval: Option<minirag_agent::rules::config::Dur>,
+        /// Interval of groups that set none [default: rules.evaluation_interval, 1m].
+        #[arg(long)]
+        eval_interval: Option<minirag_agent::rules::config::Dur>,
+        #[arg(long, env = "MINIRAG_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_threads: Option<u16>,
     },
 }
 
@@ -364,6 +412,55 @@ fn run() -> anyhow::Result<()> {
             let cfg = AgentConfig::load(Some(&file))?;
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             eprintln!("{}: OK", file.display());
+        }
+        Command::Rules {
+            command: RulesCommand::Check { files },
+        } => {
+            let report = minirag_rules::rules::check_files(
+                &files,
+                minirag_rules::rules::LoadOptions::default(),
+            );
+            let (out, err) = report.render();
+            print!("{out}");
+            eprint!("{err}");
+            anyhow::ensure!(report.success(), "rule files have errors");
+        }
+        Command::Rules {
+            command: RulesCommand::Test { files },
+        } => {
+            let engine = minirag_rules::promql::Engine::default();
+            let report = minirag_rules::unittest::run_files(&engine, &files);
+            let (out, err) = report.render();
+            print!("{out}");
+            eprint!("{err}");
+            anyhow::ensure!(report.passed(), "rule unit tests failed");
+        }
+        Command::Rules {
+            command:
+                RulesCommand::Run {
+                    config,
+                    scrape,
+                    rules,
+                    alertmanagers,
+                    webhooks,
+                    admin_listen,
+                    scrape_interval,
+                    eval_interval,
+                    worker_threads,
+                },
+        } => {
+            let opts = minirag_agent::rules::standalone::RunOptions {
+                config,
+                scrape,
+                rules,
+                alertmanagers,
+                webhooks,
+                admin_listen,
+                scrape_interval,
+                eval_interval,
+            };
+            minirag_agent::rules::standalone::effective(&opts)?;
+            runtime_with(worker_threads)?.block_on(minirag_agent::rules::standalone::run(opts))?;
         }
         Command::Version => println!("minirag-agent {}", env!("CARGO_PKG_VERSION")),
     }

@@ -161,6 +161,19 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
             ..Default::default()
         },
     )];
+    // The shipped alert rules, evaluated locally (every 15 s; alerts become
+    // alert.firing / alert.resolved log events) when present and loadable.
+    let shipped = vec!["alerts/*.yaml".to_string()];
+    match crate::rules::expand_rule_files(&shipped)
+        .map_err(|e| e.to_string())
+        .and_then(|f| minirag_rules::rules::load_files(&f).map_err(|e| e.to_string()))
+    {
+        Ok(_) => {
+            cfg.rules.enabled = true;
+            cfg.rules.rule_files = shipped;
+        }
+        Err(e) => crate::log::warn("up.rules_disabled", &format!("local alert rules off: {e}")),
+    }
     eprintln!(
         "\nMini-RAG is up: http://{} (admin http://{}; rag-core on 127.0.0.1:{port}, data in {})\nStop with Ctrl-C.\n",
         opts.listen,

@@ -158,3 +158,115 @@ fn the_dockerfile_agrees_with_the_repository() {
             .any(|l| l.trim_start().starts_with("HEALTHCHECK"))
     );
 }
+
+/// The shipped rule files (`alerts/*.yaml`, not the tests), sorted by name.
+fn rule_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(root().join("alerts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no rule files under alerts/");
+    files
+}
+
+fn generated_header(what: &str) -> String {
+    format!(
+        "# {what}, generated from alerts/*.yaml: do not edit.\n\
+         # Regenerate: UPDATE_GOLDEN=1 cargo test -p minirag-agent --test k8s\n"
+    )
+}
+
+fn labels() -> serde_yaml::Value {
+    serde_yaml::from_str(&format!(
+        "{{app.kubernetes.io/part-of: minirag, app.kubernetes.io/component: alert-rules, \
+         app.kubernetes.io/version: \"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    ))
+    .unwrap()
+}
+
+/// The ConfigMap the sidecar projects next to agent.yaml: one key per rule file, the
+/// file's text unchanged, so the agent evaluates exactly what `promtool` tested.
+fn render_rules_configmap() -> String {
+    let mut data = serde_yaml::Mapping::new();
+    for (name, text) in rule_files() {
+        data.insert(name.into(), text.into());
+    }
+    let mut cm = serde_yaml::Mapping::new();
+    cm.insert("apiVersion".into(), "v1".into());
+    cm.insert("kind".into(), "ConfigMap".into());
+    let mut meta = serde_yaml::Mapping::new();
+    meta.insert("name".into(), "minirag-agent-rules".into());
+    meta.insert("labels".into(), labels());
+    cm.insert("metadata".into(), meta.into());
+    cm.insert("data".into(), data.into());
+    generated_header("Alert and recording rules for the agent's local evaluation")
+        + &serde_yaml::to_string(&cm).unwrap()
+}
+
+/// The same groups as a prometheus-operator `PrometheusRule`, for clusters where
+/// Prometheus evaluates them.
+fn render_prometheus_rule() -> String {
+    let mut groups = Vec::new();
+    for (name, text) in rule_files() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let gs = doc["groups"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("alerts/{name}: no groups"));
+        groups.extend(gs.iter().cloned());
+    }
+    let mut spec = serde_yaml::Mapping::new();
+    spec.insert("groups".into(), groups.into());
+    let mut meta = serde_yaml::Mapping::new();
+    meta.insert("name".into(), "minirag-rules".into());
+    meta.insert("labels".into(), labels());
+    let mut pr = serde_yaml::Mapping::new();
+    pr.insert("apiVersion".into(), "monitoring.coreos.com/v1".into());
+    pr.insert("kind".into(), "PrometheusRule".into());
+    pr.insert("metadata".into(), meta.into());
+    pr.insert("spec".into(), spec.into());
+    generated_header("The shipped rules as a prometheus-operator PrometheusRule")
+        + &serde_yaml::to_string(&pr).unwrap()
+}
+
+fn golden(path: &str, rendered: &str) {
+    let file = root().join(path);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, rendered).unwrap();
+    }
+    let committed = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{path}: {e} (UPDATE_GOLDEN=1 writes it)"));
+    assert!(
+        committed == rendered,
+        "{path} is out of date with alerts/*.yaml: UPDATE_GOLDEN=1 cargo test -p minirag-agent --test k8s"
+    );
+}
+
+#[test]
+fn rule_renderings_match_the_rule_files() {
+    golden(
+        "config/k8s/base/rules-configmap.yaml",
+        &render_rules_configmap(),
+    );
+    golden("alerts/k8s/prometheusrule.yaml", &render_prometheus_rule());
+    // The rendering round-trips: every key holds a rule file's exact text.
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("config/k8s/base/rules-configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    for (name, text) in rule_files() {
+        assert_eq!(cm["data"][name.as_str()].as_str(), Some(text.as_str()));
+    }
+    let kustomization =
+        std::fs::read_to_string(root().join("config/k8s/base/kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("- rules-configmap.yaml"));
+}

@@ -32,6 +32,7 @@ pub struct Config {
     pub tenancy: TenancyConfig,
     pub store: StoreConfig,
     pub healthchecks: HealthchecksConfig,
+    pub jobs: crate::jobs::JobsConfig,
     /// Seconds to wait for in-flight requests after SIGTERM before exiting anyway.
     pub shutdown_grace_seconds: u64,
     /// On an empty store, `serve` creates a first organization and prints its admin key
@@ -56,6 +57,7 @@ impl Default for Config {
             tenancy: TenancyConfig::default(),
             store: StoreConfig::default(),
             healthchecks: HealthchecksConfig::default(),
+            jobs: crate::jobs::JobsConfig::default(),
             shutdown_grace_seconds: 25,
             bootstrap_on_empty: true,
             internal_token: None,
@@ -395,6 +397,18 @@ impl Config {
         if let Some(v) = get("HEALTHCHECKS_PING_URL") {
             self.healthchecks.ping_url = Some(v);
         }
+        if let Some(v) = get("BACKGROUND_JOBS_ENABLED") {
+            self.jobs.enabled = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" | "" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "BACKGROUND_JOBS_ENABLED",
+                        message: format!("expected true or false, got {v:?}"),
+                    });
+                }
+            };
+        }
         if let Some(v) = get("OPENAI_BASE_URL") {
             self.openai.base_url = v;
         }
@@ -450,6 +464,7 @@ impl Config {
         if self.logging.rotation_max_bytes < 1024 {
             return bad("logging.rotation_max_bytes must be at least 1024");
         }
+        self.jobs.validate().map_err(ConfigError::Invalid)?;
         if self.store.readers == 0 {
             return bad("store.readers must be at least 1");
         }

@@ -5,6 +5,7 @@ pub mod answer;
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod jobs;
 pub mod obs;
 pub mod retrieval;
 pub mod server;

@@ -95,39 +95,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         tracing::info!(event = "tenancy.bootstrapped", organization_id = %b.organization_id, workspace_id = %b.workspace_id, "bootstrap organization created");
     }
 
-    let metrics = Arc::new(Metrics::new());
-    let total = store.read(crate::store::documents::total_chunks).await?;
-    metrics.chunk_records.set(total);
-
-    let embedder = Arc::new(
-        Embedder::from_config(&cfg.retrieval, &cfg.openai)
-            .map_err(|e| ServeError::Setup(e.to_string()))?,
-    );
-    let chat = match cfg.answer.mode {
-        AnswerMode::Openai => {
-            Some(ChatClient::new(&cfg.openai).map_err(|e| ServeError::Setup(e.to_string()))?)
-        }
-        AnswerMode::Extractive => None,
-    };
-    let searcher = Searcher {
-        store: Arc::clone(&store),
-        index: Arc::new(VectorIndex::new(cfg.store.vector_cache_max_chunks)),
-        embedder: Arc::clone(&embedder),
-        cfg: cfg.retrieval.clone(),
-        metrics: Arc::clone(&metrics),
-    };
-    let state = AppState(Arc::new(Inner {
-        cfg: Arc::clone(&cfg),
-        store,
-        metrics,
-        searcher,
-        embedder,
-        chat,
-        fetcher: Fetcher::new(&cfg.ingest.url),
-        chunker: Chunker::new(cfg.ingest.chunk_size, cfg.ingest.chunk_overlap),
-        shutting_down: AtomicBool::new(false),
-        inflight: Semaphore::new(cfg.limits.max_concurrent_requests),
-    }));
+    let state = build_state(Arc::clone(&cfg), store).await?;
+    crate::jobs::Jobs::start(state.clone());
 
     if let Some(url) = cfg.healthchecks.ping_url.clone() {
         tokio::spawn(crate::obs::healthcheck::run(
@@ -188,9 +157,57 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             "grace period over; exiting with requests still open"
         ),
     }
+    state.jobs.release().await;
     // The last spans go out before exit (bounded: a dead collector cannot hold it).
     let _ = tokio::task::spawn_blocking(crate::obs::trace::shutdown).await;
     Ok(())
+}
+
+/// Everything handlers and job workers share, built once per process.
+pub async fn build_state(cfg: Arc<Config>, store: Arc<Store>) -> Result<AppState, ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let total = store.read(crate::store::documents::total_chunks).await?;
+    metrics.chunk_records.set(total);
+
+    let embedder = Arc::new(
+        Embedder::from_config(&cfg.retrieval, &cfg.openai)
+            .map_err(|e| ServeError::Setup(e.to_string()))?,
+    );
+    let chat = match cfg.answer.mode {
+        AnswerMode::Openai => {
+            Some(ChatClient::new(&cfg.openai).map_err(|e| ServeError::Setup(e.to_string()))?)
+        }
+        AnswerMode::Extractive => None,
+    };
+    let searcher = Searcher {
+        store: Arc::clone(&store),
+        index: Arc::new(VectorIndex::new(cfg.store.vector_cache_max_chunks)),
+        embedder: Arc::clone(&embedder),
+        cfg: cfg.retrieval.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let jobs = crate::jobs::Jobs::new(
+        Arc::new(crate::jobs::SqliteQueue::new(
+            Arc::clone(&store),
+            cfg.jobs.max_pending,
+        )),
+        cfg.jobs.clone(),
+        Arc::clone(&metrics),
+    );
+    let state = AppState(Arc::new(Inner {
+        cfg: Arc::clone(&cfg),
+        store,
+        metrics,
+        searcher,
+        embedder,
+        chat,
+        fetcher: Fetcher::new(&cfg.ingest.url),
+        chunker: Chunker::new(cfg.ingest.chunk_size, cfg.ingest.chunk_overlap),
+        shutting_down: AtomicBool::new(false),
+        inflight: Semaphore::new(cfg.limits.max_concurrent_requests),
+        jobs,
+    }));
+    Ok(state)
 }
 
 async fn shutdown_signal() {

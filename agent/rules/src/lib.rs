@@ -8,7 +8,16 @@
 //! - [`storage`]: the bounded in-memory series store and the [`storage::Queryable`]
 //!   interface the engine reads through.
 //! - [`promql`]: PromQL evaluation on top of `promql-parser`'s AST.
+//! - [`rules`]: rule files, group evaluation, alert state, `rules check`.
+//! - [`template`]: the Go `text/template` subset of alert labels and annotations.
+//! - [`unittest`]: promtool-format rule unit tests (`rules test`).
 
+pub mod chunkenc;
 pub mod model;
 pub mod promql;
+pub mod retention;
+pub mod rules;
 pub mod storage;
+pub mod template;
+pub mod textparse;
+pub mod unittest;

@@ -1,6 +1,7 @@
 //! The data model shared by the store, the engine and the rule evaluator.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The reserved label holding the metric name.
 pub const METRIC_NAME: &str = "__name__";
@@ -19,12 +20,16 @@ pub fn is_stale(v: f64) -> bool {
 
 /// A label set, kept sorted by name with unique names and no empty values, so equal sets
 /// compare, hash and print equal.
+///
+/// Shared behind an `Arc` (copy-on-write): the store hands the same set to every query
+/// that selects the series, so cloning is a reference-count increment, not one
+/// allocation per label.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
+pub struct Labels(Arc<Vec<(String, String)>>);
 
 impl Labels {
     pub fn new() -> Self {
-        Labels(Vec::new())
+        Labels(Arc::new(Vec::new()))
     }
 
     /// Builds a set from pairs in any order; later duplicates win, empty values are dropped.
@@ -52,17 +57,18 @@ impl Labels {
     pub fn set(&mut self, name: String, value: String) {
         match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                Arc::make_mut(&mut self.0).remove(i);
             }
-            Ok(i) => self.0[i].1 = value,
+            Ok(i) if self.0[i].1 == value => {}
+            Ok(i) => Arc::make_mut(&mut self.0)[i].1 = value,
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (name, value)),
+            Err(i) => Arc::make_mut(&mut self.0).insert(i, (name, value)),
         }
     }
 
     pub fn remove(&mut self, name: &str) {
         if let Ok(i) = self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
-            self.0.remove(i);
+            Arc::make_mut(&mut self.0).remove(i);
         }
     }
 
@@ -88,9 +94,13 @@ impl Labels {
         self.0.is_empty()
     }
 
-    /// Keeps only the named labels (`by`), or drops them (`without`).
+    /// Keeps only the named labels (`by`), or drops them (`without`). `keep` is a
+    /// predicate and may be called more than once per label.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.0.retain(|(k, _)| keep(k));
+        if self.0.iter().all(|(k, _)| keep(k)) {
+            return;
+        }
+        Arc::make_mut(&mut self.0).retain(|(k, _)| keep(k));
     }
 }
 

@@ -5,10 +5,11 @@
 //! drops everything older. The number of series is capped; a new series beyond the cap is
 //! refused and counted rather than growing memory without bound.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use promql_parser::label::{MatchOp, Matcher};
 
+use crate::chunkenc::SeriesSamples;
 use crate::model::{Labels, METRIC_NAME, Sample, Series, is_stale};
 
 /// What the PromQL engine reads. `select` returns every series matching all `matchers`
@@ -16,6 +17,33 @@ use crate::model::{Labels, METRIC_NAME, Sample, Series, is_stale};
 /// window semantics). Series with no sample in the range may be omitted.
 pub trait Queryable {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series>;
+
+    /// Calls `f` with each matching series' labels and samples in `[mint, maxt]`, without
+    /// materializing the samples where the store can avoid it (range functions over many
+    /// series only need one pass over each window).
+    fn visit(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        f: &mut dyn FnMut(&Labels, &[Sample]),
+    ) {
+        for s in self.select(matchers, mint, maxt) {
+            f(&s.labels, &s.samples);
+        }
+    }
+
+    /// Like `select`, but each series carries only its newest sample in `[mint, maxt]`.
+    /// Instant selectors need nothing more, and a store can answer this without copying
+    /// the whole lookback window.
+    fn select_last(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let mut out = self.select(matchers, mint, maxt);
+        for s in &mut out {
+            let n = s.samples.len();
+            s.samples.drain(..n.saturating_sub(1));
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -44,7 +72,7 @@ pub struct SeriesRef(u32);
 
 struct MemSeries {
     labels: Labels,
-    samples: VecDeque<Sample>,
+    samples: SeriesSamples,
 }
 
 pub struct MemStore {
@@ -88,7 +116,7 @@ impl MemStore {
         }
         let s = MemSeries {
             labels: labels.clone(),
-            samples: VecDeque::new(),
+            samples: SeriesSamples::default(),
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -116,7 +144,7 @@ impl MemStore {
         let Some(Some(s)) = self.series.get_mut(r.0 as usize) else {
             return Ok(());
         };
-        if let Some(last) = s.samples.back() {
+        if let Some(last) = s.samples.last() {
             if t < last.t {
                 self.stats.samples_out_of_order_total += 1;
                 return Err(AppendError::OutOfOrder {
@@ -136,7 +164,7 @@ impl MemStore {
                 });
             }
         }
-        s.samples.push_back(Sample { t, v });
+        s.samples.push(Sample { t, v });
         self.stats.samples += 1;
         Ok(())
     }
@@ -149,12 +177,7 @@ impl MemStore {
 
     /// The last sample of a series, if any (the scraper uses it to decide on stale markers).
     pub fn last(&self, r: SeriesRef) -> Option<Sample> {
-        self.series
-            .get(r.0 as usize)?
-            .as_ref()?
-            .samples
-            .back()
-            .copied()
+        self.series.get(r.0 as usize)?.as_ref()?.samples.last()
     }
 
     /// Drops samples older than `min_t`, and series left empty or holding only a stale
@@ -163,14 +186,13 @@ impl MemStore {
         let mut removed = Vec::new();
         for (id, slot) in self.series.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
-            while s.samples.front().is_some_and(|x| x.t < min_t) {
-                s.samples.pop_front();
-                self.stats.samples -= 1;
-            }
-            let dead = match s.samples.len() {
-                0 => true,
-                1 => s.samples.front().is_some_and(|x| is_stale(x.v)),
-                _ => false,
+            self.stats.samples -= s.samples.truncate_before(min_t);
+            // Gone: nothing in the window, or only the stale marker that ended it.
+            let dead = match s.samples.last() {
+                None => true,
+                Some(last) => {
+                    last.t < min_t || (is_stale(last.v) && s.samples.count_from(min_t) <= 1)
+                }
             };
             if dead {
                 self.stats.samples -= s.samples.len();
@@ -197,10 +219,10 @@ impl MemStore {
 
     fn candidates(&self, matchers: &[Matcher]) -> Vec<u32> {
         for m in matchers {
-            if m.name == METRIC_NAME {
-                if let MatchOp::Equal = m.op {
-                    return self.by_name.get(&m.value).cloned().unwrap_or_default();
-                }
+            if m.name == METRIC_NAME
+                && let MatchOp::Equal = m.op
+            {
+                return self.by_name.get(&m.value).cloned().unwrap_or_default();
             }
         }
         self.series
@@ -218,6 +240,50 @@ pub fn matches(m: &Matcher, labels: &Labels) -> bool {
 }
 
 impl Queryable for MemStore {
+    fn visit(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        f: &mut dyn FnMut(&Labels, &[Sample]),
+    ) {
+        // Chunks decode into one buffer reused for every series.
+        let mut scratch: Vec<Sample> = Vec::new();
+        for id in self.candidates(matchers) {
+            let Some(Some(s)) = self.series.get(id as usize) else {
+                continue;
+            };
+            if !matchers.iter().all(|m| matches(m, &s.labels)) {
+                continue;
+            }
+            scratch.clear();
+            s.samples.range_into(mint, maxt, &mut scratch);
+            if !scratch.is_empty() {
+                f(&s.labels, &scratch);
+            }
+        }
+    }
+
+    fn select_last(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for id in self.candidates(matchers) {
+            let Some(Some(s)) = self.series.get(id as usize) else {
+                continue;
+            };
+            if !matchers.iter().all(|m| matches(m, &s.labels)) {
+                continue;
+            }
+            let Some(last) = s.samples.last_in(mint, maxt) else {
+                continue;
+            };
+            out.push(Series {
+                labels: s.labels.clone(),
+                samples: vec![last],
+            });
+        }
+        out
+    }
+
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
         let mut out = Vec::new();
         for id in self.candidates(matchers) {
@@ -227,15 +293,14 @@ impl Queryable for MemStore {
             if !matchers.iter().all(|m| matches(m, &s.labels)) {
                 continue;
             }
-            // Samples are sorted by time: binary-search both ends of the range.
-            let start = s.samples.partition_point(|x| x.t < mint);
-            let end = s.samples.partition_point(|x| x.t <= maxt);
-            if start >= end {
+            let mut samples = Vec::new();
+            s.samples.range_into(mint, maxt, &mut samples);
+            if samples.is_empty() {
                 continue;
             }
             out.push(Series {
                 labels: s.labels.clone(),
-                samples: s.samples.range(start..end).copied().collect(),
+                samples,
             });
         }
         out

@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use axum::extract::{Multipart, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -16,13 +17,14 @@ use super::extract::{ApiJson, Auth, Ctx};
 use super::state::AppState;
 use crate::ingest::fetch::{FetchError, check_syntax};
 use crate::ingest::{DocumentMeta, Format, ParseError, PreparedDocument, parse::parse, prepare};
+use crate::jobs::JobKind;
 use crate::obs::metrics::{DocumentLabels, QuotaLabels, SourceLabels};
 use crate::retrieval::vectors::{dequantize_to_blob, quantize};
 use crate::store::documents::{IngestStoreError, StoredOutcome, insert_documents};
 use crate::tenancy::{Principal, Scope};
 
 /// One entry of the response, in request order.
-enum Slot {
+pub(crate) enum Slot {
     Ready(PreparedDocument),
     Failed {
         title: String,
@@ -83,8 +85,9 @@ pub async fn ingest_text(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     auth: Auth,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<IngestText>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
     check_count(&state, body.documents.len())?;
     let max = state.cfg.limits.max_document_bytes;
@@ -113,6 +116,33 @@ pub async fn ingest_text(
         };
         inputs.push((title, d.text, metadata));
     }
+    if state.jobs.enabled() {
+        let documents: Vec<Value> = inputs
+            .into_iter()
+            .map(|(title, text, metadata)| json!({"title": title, "text": text, "metadata": metadata}))
+            .collect();
+        return crate::jobs::api::accepted(
+            &state,
+            &p,
+            &ctx,
+            &headers,
+            JobKind::IngestText,
+            json!({"documents": documents}),
+        )
+        .await;
+    }
+    let slots = text_slots(&state, inputs, 0).await?;
+    store_and_respond(&state, &p, &ctx.request_id, "text", slots)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// Parses and chunks JSON text documents; `first` numbers them in messages.
+pub(crate) async fn text_slots(
+    state: &AppState,
+    inputs: Vec<(String, String, Value)>,
+    first: usize,
+) -> Result<Vec<Slot>, ApiError> {
     let chunker = state.chunker;
     let started = Instant::now();
     let slots = crate::obs::trace::spawn_blocking_in_span(move || {
@@ -120,6 +150,7 @@ pub async fn ingest_text(
             .into_iter()
             .enumerate()
             .map(|(i, (title, text, metadata))| {
+                let i = i + first;
                 let bytes = text.len();
                 let parsed = parse(Format::Text, text.as_bytes())
                     .map_err(|e| parse_error(&e, &format!("document {} ({title})", i + 1)))?;
@@ -143,15 +174,16 @@ pub async fn ingest_text(
     .await
     .map_err(|_| ApiError::internal())??;
     state.metrics.observe_stage("parse", started);
-    store_and_respond(&state, &p, &ctx.request_id, "text", slots).await
+    Ok(slots)
 }
 
 pub async fn ingest_files(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     auth: Auth,
+    headers: HeaderMap,
     mut multipart: Multipart,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
     let max_bytes = state.cfg.limits.max_document_bytes;
     let max_files = state.cfg.limits.max_documents_per_request;
@@ -196,6 +228,37 @@ pub async fn ingest_files(
         files.push((name, format, data));
     }
     check_count(&state, files.len())?;
+    if state.jobs.enabled() {
+        // The job stores the raw bytes; parsing here first keeps the contract that a
+        // request with one bad file is refused whole, before anything is queued.
+        let documents: Vec<Value> = files
+            .iter()
+            .map(|(name, format, data)| {
+                json!({"name": name, "media_type": format.media_type(), "data_hex": hex::encode(data)})
+            })
+            .collect();
+        file_slots(&state, files).await?;
+        return crate::jobs::api::accepted(
+            &state,
+            &p,
+            &ctx,
+            &headers,
+            JobKind::IngestFiles,
+            json!({"documents": documents}),
+        )
+        .await;
+    }
+    let slots = file_slots(&state, files).await?;
+    store_and_respond(&state, &p, &ctx.request_id, "file", slots)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// Parses and chunks uploaded files (name, format, bytes).
+pub(crate) async fn file_slots(
+    state: &AppState,
+    files: Vec<(String, Format, Vec<u8>)>,
+) -> Result<Vec<Slot>, ApiError> {
     let chunker = state.chunker;
     let started = Instant::now();
     let slots = crate::obs::trace::spawn_blocking_in_span(move || {
@@ -225,7 +288,7 @@ pub async fn ingest_files(
     .await
     .map_err(|_| ApiError::unprocessable("invalid_document", "a document could not be parsed"))??;
     state.metrics.observe_stage("parse", started);
-    store_and_respond(&state, &p, &ctx.request_id, "file", slots).await
+    Ok(slots)
 }
 
 #[derive(Deserialize)]
@@ -245,8 +308,9 @@ pub async fn ingest_urls(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     auth: Auth,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<IngestUrls>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
     check_count(&state, body.urls.len())?;
     let items: Vec<(String, Option<String>)> = body
@@ -261,6 +325,29 @@ pub async fn ingest_urls(
         check_syntax(url)
             .map_err(|e| ApiError::bad_request("invalid_url", format!("{url:?}: {e}")))?;
     }
+    if state.jobs.enabled() {
+        let documents: Vec<Value> = items
+            .iter()
+            .map(|(url, title)| json!({"url": url, "title": title}))
+            .collect();
+        return crate::jobs::api::accepted(
+            &state,
+            &p,
+            &ctx,
+            &headers,
+            JobKind::IngestUrls,
+            json!({"documents": documents}),
+        )
+        .await;
+    }
+    let slots = url_slots(&state, items).await;
+    store_and_respond(&state, &p, &ctx.request_id, "url", slots)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// Fetches, parses and chunks URLs; remote failures become `Failed` slots.
+pub(crate) async fn url_slots(state: &AppState, items: Vec<(String, Option<String>)>) -> Vec<Slot> {
     let mut slots = Vec::with_capacity(items.len());
     for (url, title) in items {
         let started = Instant::now();
@@ -323,10 +410,9 @@ pub async fn ingest_urls(
         state.metrics.observe_stage("parse", started);
         slots.push(slot);
     }
-    store_and_respond(&state, &p, &ctx.request_id, "url", slots).await
+    slots
 }
 
-/// Embeds, stores in one transaction, updates the vector index, counts and logs.
 async fn store_and_respond(
     state: &AppState,
     p: &Principal,
@@ -334,6 +420,21 @@ async fn store_and_respond(
     source: &'static str,
     slots: Vec<Slot>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let results = store_slots(state, p.workspace_seq, &p.workspace_id, source, slots).await?;
+    Ok(axum::Json(
+        json!({"documents": results, "request_id": request_id}),
+    ))
+}
+
+/// Embeds, stores in one transaction, updates the vector index, counts and logs; returns
+/// one result per slot, in order.
+pub(crate) async fn store_slots(
+    state: &AppState,
+    ws: i64,
+    workspace_id: &str,
+    source: &'static str,
+    slots: Vec<Slot>,
+) -> Result<Vec<Value>, ApiError> {
     let started = Instant::now();
     let docs: Vec<&PreparedDocument> = slots
         .iter()
@@ -392,7 +493,6 @@ async fn store_and_respond(
             } => order.push(Some((title, uri, code, message))),
         }
     }
-    let ws = p.workspace_seq;
     let embedder_name = state.embedder.name();
     let write_started = Instant::now();
     let (owned, outcomes) = state
@@ -414,7 +514,7 @@ async fn store_and_respond(
                 .metrics
                 .quota_exceeded
                 .get_or_create(&QuotaLabels {
-                    workspace_id: p.workspace_id.clone(),
+                    workspace_id: workspace_id.to_string(),
                     metric: "chunks",
                 })
                 .inc();
@@ -511,7 +611,5 @@ async fn store_and_respond(
             }
         }
     }
-    Ok(axum::Json(
-        json!({"documents": results, "request_id": request_id}),
-    ))
+    Ok(results)
 }

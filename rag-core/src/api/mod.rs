@@ -3,8 +3,8 @@
 mod admin;
 mod ask;
 pub mod error;
-mod extract;
-mod ingest;
+pub(crate) mod extract;
+pub(crate) mod ingest;
 mod internal;
 mod middleware;
 mod ops;
@@ -36,6 +36,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sources/{id}/chunks", get(sources::chunks))
         .route("/api/v1/sources/{id}/preview", get(sources::preview))
         .route("/api/v1/search", get(ask::search))
+        .route(
+            "/api/v1/jobs",
+            get(crate::jobs::api::list).post(crate::jobs::api::submit),
+        )
+        .route("/api/v1/jobs/{id}", get(crate::jobs::api::show))
+        .route("/api/v1/jobs/{id}/cancel", post(crate::jobs::api::cancel))
+        .route("/api/v1/jobs/{id}/retry", post(crate::jobs::api::retry))
+        .route("/api/v1/dedupe", post(crate::jobs::api::dedupe))
+        .route("/api/v1/rebuild", post(crate::jobs::api::rebuild))
         .route("/api/v1/ask", post(ask::ask))
         .route("/api/v1/admin/organization", get(admin::organization))
         .route(

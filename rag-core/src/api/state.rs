@@ -23,6 +23,7 @@ pub struct Inner {
     pub chat: Option<ChatClient>,
     pub fetcher: Fetcher,
     pub chunker: Chunker,
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// Set on SIGTERM: readiness fails so load balancers stop sending work.
     pub shutting_down: AtomicBool,
     /// Bounds concurrent requests; past it new requests are shed with 503.

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, HistogramWithExemplars<TraceLabel>>,
     pub stage_duration: Family<StageLabels, Histogram>,
     pub healthcheck_ping_failed: Counter,
+    pub jobs: crate::jobs::metrics::JobMetrics,
 }
 
 impl Metrics {
@@ -150,6 +151,8 @@ impl Metrics {
             stage_duration.clone(),
         );
 
+        let jobs = crate::jobs::metrics::JobMetrics::register(&mut registry);
+
         // Known label sets start at zero so increase() works from the first scrape.
         for source in SOURCES {
             let _ = ingest_processed_chunks.get_or_create(&SourceLabels { source });
@@ -180,6 +183,7 @@ impl Metrics {
             http_duration,
             stage_duration,
             healthcheck_ping_failed,
+            jobs,
         }
     }
 

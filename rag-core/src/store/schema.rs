@@ -2,7 +2,15 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    V1,
+    // v2: the background job queue.
+    crate::jobs::queue::SCHEMA,
+    // v3: file hashes of `rag-core ingest`, for incremental re-runs.
+    crate::jobs::bulk::SCHEMA,
+];
+
+const V1: &str = r#"
 CREATE TABLE organizations (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -85,7 +93,7 @@ END;
 CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, body, wstok) VALUES ('delete', old.id, old.body, old.wstok);
 END;
-"#];
+"#;
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
