@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod artifacts;
 pub mod config;
 pub mod identity;
 pub mod inject;

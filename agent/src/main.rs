@@ -134,8 +134,30 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The shipped observability artifacts (rules, dashboards, renderings) as one
+    /// versioned archive.
+    Artifacts {
+        #[command(subcommand)]
+        command: ArtifactsCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ArtifactsCommand {
+    /// Write minirag-observability-<version>.tar.gz (byte-identical for the same inputs).
+    Bundle {
+        /// Directory the archive is written to (created if needed).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The repository checkout holding alerts/, dashboards/ and config/k8s/.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+    /// Check a bundle: archive readable, one versioned top directory, safe paths and
+    /// every file matching SHA256SUMS (exit 1 on any problem).
+    Verify { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -461,6 +483,32 @@ fn run() -> anyhow::Result<()> {
             };
             minirag_agent::rules::standalone::effective(&opts)?;
             runtime_with(worker_threads)?.block_on(minirag_agent::rules::standalone::run(opts))?;
+        }
+        Command::Artifacts {
+            command: ArtifactsCommand::Bundle { out, root },
+        } => {
+            let b = minirag_agent::artifacts::bundle(&root, &out)?;
+            println!(
+                "{}: version {}, {} files, {} bytes, sha256 {}",
+                b.path.display(),
+                b.version,
+                b.files,
+                b.bytes,
+                b.sha256
+            );
+        }
+        Command::Artifacts {
+            command: ArtifactsCommand::Verify { file },
+        } => {
+            let v = minirag_agent::artifacts::verify(&file)?;
+            println!(
+                "{}: OK: version {}, {} files ({} bytes) match SHA256SUMS, sha256 {}",
+                file.display(),
+                v.version,
+                v.files,
+                v.bytes,
+                v.sha256
+            );
         }
         Command::Version => println!("minirag-agent {}", env!("CARGO_PKG_VERSION")),
     }

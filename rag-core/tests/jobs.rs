@@ -442,21 +442,41 @@ async fn schedules_fire_once_per_slot() {
     let dir = temp_dir("jobs-sched");
     bootstrap(&dir);
     let extra = "  schedules:\n    - {name: cleanup, job: retention, every: 1s}\n    - {name: optimize, job: reindex, every: 1h}\n";
+    // Hourly slots are aligned to the epoch: a run that straddles an hour boundary
+    // legitimately runs the hourly job once more, so that check needs a steady hour.
+    let hour = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 3600
+    };
+    let hour_at_start = hour();
     let s = Server::start_with(&dir, config(extra));
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let lines = s.log_lines();
-    let done = |name: &str| {
+    let started = std::time::Instant::now();
+    let done = |lines: &[serde_json::Value], name: &str| {
         lines
             .iter()
             .filter(|l| l["event"] == "job.succeeded" && l["job_name"] == name)
             .count()
     };
-    let retention = done("retention");
+    // Poll rather than sleep a fixed time: a loaded CI machine may start workers late.
+    let mut lines = s.log_lines();
+    while done(&lines, "retention") < 3 && started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lines = s.log_lines();
+    }
+    let retention = done(&lines, "retention");
+    // One run per 1-second slot: at most one more than the whole seconds elapsed.
+    let bound = started.elapsed().as_secs() as usize + 2;
     assert!(
-        (3..=5).contains(&retention),
-        "retention ran {retention} times"
+        (3..=bound).contains(&retention),
+        "retention ran {retention} times in {:?}",
+        started.elapsed()
     );
-    assert_eq!(done("reindex"), 1);
+    if hour() == hour_at_start {
+        assert_eq!(done(&lines, "reindex"), 1);
+    }
     assert_log_schema(&lines);
     // A restart inside the same hour does not run the hourly job again.
     drop(s);
@@ -467,7 +487,9 @@ async fn schedules_fire_once_per_slot() {
         .iter()
         .filter(|l| l["event"] == "job.submitted" && l["job_name"] == "reindex")
         .count();
-    assert_eq!(again, 0);
+    if hour() == hour_at_start {
+        assert_eq!(again, 0);
+    }
 }
 
 #[tokio::test]
