@@ -32,6 +32,25 @@ fn assert_valid(schemas: &boon::Schemas, idx: boon::SchemaIndex, line: &Value) {
     }
 }
 
+#[test]
+fn the_schema_examples_are_valid_records() {
+    let (schemas, idx) = schema_validator();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/log-record.schema.json"
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let examples = schema["examples"].as_array().expect("schema has examples");
+    assert!(examples.len() >= 2);
+    for e in examples {
+        assert_valid(&schemas, idx, e);
+    }
+    // And the schema is not vacuous: an example without its required keys fails.
+    let mut broken = examples[0].clone();
+    broken.as_object_mut().unwrap().remove("request_id");
+    assert!(schemas.validate(&broken, idx).is_err());
+}
+
 #[tokio::test]
 async fn log_lines_follow_the_schema_and_carry_request_and_trace_ids() {
     let dir = temp_dir("logs");
