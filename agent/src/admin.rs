@@ -167,10 +167,12 @@ fn redacted_config(cfg: &crate::config::AgentConfig) -> serde_json::Value {
     v
 }
 
-/// A metrics-only admin listener (`ship` mode: no proxy): `/metrics`, `/healthz`.
+/// An admin listener without a proxy (`ship`, `rules run`): `/metrics`, `/healthz`,
+/// `/readyz`, and the rules API (`/api/v1/*`) when a rules runtime is given.
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<prometheus_client::registry::Registry>,
+    rules: Option<Arc<crate::rules::Runtime>>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -178,9 +180,11 @@ pub async fn serve_metrics(
             continue;
         };
         let registry = Arc::clone(&registry);
+        let rules = rules.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let registry = Arc::clone(&registry);
+                let rules = rules.clone();
                 async move {
                     let resp = match (req.method(), req.uri().path()) {
                         (&Method::GET, "/metrics") => {
@@ -202,10 +206,18 @@ pub async fn serve_metrics(
                         (&Method::GET, "/healthz" | "/readyz") => {
                             json(StatusCode::OK, serde_json::json!({"status": "ok"}))
                         }
-                        _ => json(
-                            StatusCode::NOT_FOUND,
-                            serde_json::json!({"error": "not_found", "message": "no such admin route", "request_id": null}),
-                        ),
+                        _ => {
+                            let api = match &rules {
+                                Some(rt) => crate::rules::api::handle(rt, req).await,
+                                None => None,
+                            };
+                            api.unwrap_or_else(|| {
+                                json(
+                                    StatusCode::NOT_FOUND,
+                                    serde_json::json!({"error": "not_found", "message": "no such admin route", "request_id": null}),
+                                )
+                            })
+                        }
                     };
                     Ok::<_, Infallible>(resp)
                 }

@@ -102,7 +102,11 @@ pub async fn ship(opts: ShipOptions) -> Result<(), ShipError> {
         registry.register_collector(Box::new(crate::logship::stats::LogshipCollector(
             shipper.stats(),
         )));
-        tokio::spawn(crate::admin::serve_metrics(listener, Arc::new(registry)));
+        tokio::spawn(crate::admin::serve_metrics(
+            listener,
+            Arc::new(registry),
+            None,
+        ));
         crate::log::info_with(
             "agent.admin_listening",
             &format!("metrics on http://{bound}/metrics"),

@@ -4,6 +4,9 @@
 //! `amtool template render`, and a live Alertmanager for the inhibition rule.
 //! Outside CI a missing tool skips with a printed reason; with `CI=true` it fails.
 
+mod common;
+
+use common::tool;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,23 +29,6 @@ fn dir() -> PathBuf {
 
 fn config() -> PathBuf {
     dir().join("alertmanager.yml")
-}
-
-/// A tool on PATH; outside CI a missing one skips with a note, in CI it fails.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not on PATH in CI (Debian package prometheus-alertmanager)"
-        );
-        eprintln!("skipped: {name} not on PATH (Debian package prometheus-alertmanager)");
-    }
-    found
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {

@@ -18,6 +18,8 @@ use serde_json::Value;
 
 mod common;
 
+use common::tool;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -870,23 +872,6 @@ fn the_configmap_rendering_matches_the_dashboards_byte_for_byte() {
         kustomization["resources"][0].as_str(),
         Some("configmap.yaml")
     );
-}
-
-/// A tool on PATH; outside CI a missing one skips with a note, in CI it fails.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not on PATH in CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: {name} not on PATH");
-    }
-    found
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! exactly what `inject` writes, and the Dockerfile's paths, binaries, user and image
 //! names agree with the repository and the injector.
 
+mod common;
+
+use common::tool;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,23 +14,6 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-/// A tool on PATH; outside CI a missing one skips with a note, in CI it fails.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is not on PATH in CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: {name} not on PATH");
-    }
-    found
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! `minirag-agent rules check|test` against the shipped rules, and against promtool:
 //! both tools run the same unit-test files and must fail exactly the same cases.
 
+mod common;
+
+use common::tool;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,23 +18,6 @@ fn agent(args: &[&str], files: &[PathBuf]) -> Output {
         .args(files)
         .output()
         .unwrap()
-}
-
-/// A tool on PATH; outside CI a missing one skips with a note, in CI it fails.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not on PATH in CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: {name} not on PATH");
-    }
-    found
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {

@@ -2,21 +2,13 @@
 //! (`/metrics`, `/healthz`, `/readyz`, `/api/v1/*`). Flags override the config file's
 //! `rules` section; without a file, `--scrape` and `--rules` make a one-line setup.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
 use super::config::{Dur, TargetConfig};
-use super::{Prepared, RulesConfig, RulesError, Runtime, targets_from_config};
+use super::{Prepared, RulesConfig, RulesError, targets_from_config};
 use crate::config::AgentConfig;
 
 #[derive(Debug, Default, Clone)]
@@ -102,11 +94,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RulesError> {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(prepared.collector()));
     let rt = prepared.start(None)?;
-    let state = Arc::new(State {
-        rt: Arc::clone(&rt),
-        registry,
-    });
-    tokio::spawn(serve(listener, state));
+    tokio::spawn(crate::admin::serve_metrics(
+        listener,
+        Arc::new(registry),
+        Some(Arc::clone(&rt)),
+    ));
     crate::log::info_with(
         "agent.admin_listening",
         &format!("rules API and metrics on http://{bound}"),
@@ -119,68 +111,4 @@ pub async fn run(opts: RunOptions) -> Result<(), RulesError> {
     );
     rt.shutdown(Duration::from_secs(5)).await;
     Ok(())
-}
-
-struct State {
-    rt: Arc<Runtime>,
-    registry: prometheus_client::registry::Registry,
-}
-
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-async fn route(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let mut out = String::new();
-            if prometheus_client::encoding::text::encode(&mut out, &state.registry).is_err() {
-                out.clear();
-            }
-            let mut r = Response::new(Full::new(Bytes::from(out)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
-        (&Method::GET, "/healthz" | "/readyz") => {
-            json(StatusCode::OK, serde_json::json!({"status": "ok"}))
-        }
-        _ => match super::api::handle(&state.rt, req).await {
-            Some(r) => r,
-            None => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": "no such admin route", "request_id": null}),
-            ),
-        },
-    };
-    Ok(resp)
-}
-
-async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| route(Arc::clone(&state), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
 }

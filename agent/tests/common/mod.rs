@@ -380,3 +380,20 @@ pub async fn scrape(c: &reqwest::Client, agent: &Agent) -> String {
         .await
         .unwrap()
 }
+
+/// An external program on PATH (promtool, amtool, kubectl, …). Outside CI a missing one
+/// skips the test with a note; in CI (`CI=true`, where `.ci/run` installs it) it fails.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let in_ci =
+            matches!(std::env::var("CI").as_deref(), Ok(v) if !v.is_empty() && v != "false");
+        assert!(!in_ci, "{name} is not on PATH in CI (.ci/run installs it)");
+        eprintln!("skipped: {name} not on PATH");
+    }
+    found
+}
