@@ -379,7 +379,14 @@ impl Default for IdentityConfig {
             negative_cache_ttl_seconds: 5,
             cache_max_entries: 10_000,
             timeout_ms: 2_000,
-            anonymous: vec!["/healthz".into(), "/readyz".into(), "/openapi.json".into()],
+            // The Stripe webhook carries no API key: rag-core authenticates it by its
+            // signature.
+            anonymous: vec![
+                "/healthz".into(),
+                "/readyz".into(),
+                "/openapi.json".into(),
+                "/api/v1/billing/stripe/webhook".into(),
+            ],
             jwt: JwtConfig::default(),
             trusted_headers: TrustedHeadersConfig::default(),
         }

@@ -16,6 +16,13 @@ pub enum ConfigError {
     Env { name: &'static str, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// Names the variable only: the value may be a real secret that merely looks like an
+    /// example, and this message reaches terminals and CI logs.
+    #[error(
+        "{name} holds a placeholder value (changeme, replace-me, <...>, ...); set a real secret or unset it \
+         (for a throwaway local setup only: security.allow_placeholder_secrets: true or RAG_CORE_ALLOW_PLACEHOLDER_SECRETS=true)"
+    )]
+    PlaceholderSecret { name: &'static str },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +40,11 @@ pub struct Config {
     pub store: StoreConfig,
     pub healthchecks: HealthchecksConfig,
     pub jobs: crate::jobs::JobsConfig,
+    pub lifecycle: crate::lifecycle::LifecycleConfig,
+    pub backup: crate::backup::BackupConfig,
+    pub security: SecurityConfig,
+    pub cors: crate::api::cors::CorsConfig,
+    pub billing: crate::billing::BillingConfig,
     /// Seconds to wait for in-flight requests after SIGTERM before exiting anyway.
     pub shutdown_grace_seconds: u64,
     /// On an empty store, `serve` creates a first organization and prints its admin key
@@ -41,6 +53,10 @@ pub struct Config {
     /// Not read from YAML: secrets only come from the environment.
     #[serde(skip)]
     pub internal_token: Option<String>,
+    /// Secrets (variable names) that hold a placeholder and were let through by
+    /// `security.allow_placeholder_secrets`; `serve` logs a warning for each.
+    #[serde(skip)]
+    pub placeholder_secrets_allowed: Vec<&'static str>,
 }
 
 impl Default for Config {
@@ -58,11 +74,25 @@ impl Default for Config {
             store: StoreConfig::default(),
             healthchecks: HealthchecksConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
+            lifecycle: crate::lifecycle::LifecycleConfig::default(),
+            backup: crate::backup::BackupConfig::default(),
+            security: SecurityConfig::default(),
+            cors: crate::api::cors::CorsConfig::default(),
+            billing: crate::billing::BillingConfig::default(),
             shutdown_grace_seconds: 25,
             bootstrap_on_empty: true,
             internal_token: None,
+            placeholder_secrets_allowed: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Start even when a secret holds a placeholder value (a warning is logged per
+    /// secret). For throwaway local setups only; env `RAG_CORE_ALLOW_PLACEHOLDER_SECRETS`.
+    pub allow_placeholder_secrets: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -348,6 +378,63 @@ fn is_placeholder(value: &str) -> bool {
         || v.contains("changeme")
 }
 
+/// What [`check_secret`] concluded about a secret's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretCheck {
+    /// Does not look like an example value.
+    Real,
+    /// A placeholder let through because the opt-out is on; the caller should log
+    /// `security.placeholder_secret_allowed` (see [`Config::admit_secret`]).
+    PlaceholderAllowed,
+}
+
+/// The check every secret goes through, wherever it was read from (env, `*_FILE`, YAML).
+/// `name` is what the operator set (e.g. `STRIPE_API_KEY` or `billing.webhook_secret`);
+/// `allow` is `security.allow_placeholder_secrets`. The error never carries the value.
+pub fn check_secret(
+    name: &'static str,
+    value: &str,
+    allow: bool,
+) -> Result<SecretCheck, ConfigError> {
+    match (is_placeholder(value), allow) {
+        (false, _) => Ok(SecretCheck::Real),
+        (true, true) => Ok(SecretCheck::PlaceholderAllowed),
+        (true, false) => Err(ConfigError::PlaceholderSecret { name }),
+    }
+}
+
+/// Reads a secret from `name`, or else from the file named by `file_name` (Kubernetes
+/// and Docker secrets arrive as files). Returns the variable it came from, so messages
+/// name what the operator actually set. Surrounding whitespace of a file is trimmed.
+pub fn read_secret(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    file_name: &'static str,
+) -> Result<Option<(&'static str, String)>, ConfigError> {
+    match (get(name), get(file_name)) {
+        (Some(v), _) => Ok(Some((name, v))),
+        (None, Some(file)) => {
+            let v = std::fs::read_to_string(&file).map_err(|e| ConfigError::Env {
+                name: file_name,
+                message: format!("cannot read {file}: {e}"),
+            })?;
+            Ok(Some((file_name, v.trim().to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Env {
+            name,
+            message: format!("expected true or false, got {v:?}"),
+        }),
+    }
+}
+
 impl Config {
     /// Loads the file (if any) then applies environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -378,6 +465,11 @@ impl Config {
                 name,
                 message: format!("{e} (value {v:?})"),
             })
+        }
+        // First: every secret check below depends on it.
+        if let Some(v) = get("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS") {
+            self.security.allow_placeholder_secrets =
+                parse_bool("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS", &v)?;
         }
         if let Some(v) = get("RAG_CORE_LISTEN") {
             self.listen = parse("RAG_CORE_LISTEN", &v)?;
@@ -412,31 +504,19 @@ impl Config {
         if let Some(v) = get("OPENAI_BASE_URL") {
             self.openai.base_url = v;
         }
-        if let Some(v) = get("OPENAI_API_KEY") {
-            if is_placeholder(&v) {
-                return Err(ConfigError::Env {
-                    name: "OPENAI_API_KEY",
-                    message: "holds a placeholder value; set a real key or unset it".into(),
-                });
-            }
+        if let Some((name, v)) = read_secret(&get, "OPENAI_API_KEY", "OPENAI_API_KEY_FILE")? {
+            self.admit_secret(name, &v)?;
             self.openai.api_key = Some(v);
         }
-        let token = match (
-            get("MINIRAG_INTERNAL_TOKEN"),
-            get("MINIRAG_INTERNAL_TOKEN_FILE"),
-        ) {
-            (Some(v), _) => Some(("MINIRAG_INTERNAL_TOKEN", v)),
-            (None, Some(file)) => {
-                let v = std::fs::read_to_string(&file).map_err(|e| ConfigError::Env {
-                    name: "MINIRAG_INTERNAL_TOKEN_FILE",
-                    message: format!("cannot read {file}: {e}"),
-                })?;
-                Some(("MINIRAG_INTERNAL_TOKEN_FILE", v.trim().to_string()))
-            }
-            (None, None) => None,
-        };
-        if let Some((name, v)) = token {
-            if is_placeholder(&v) || v.len() < 16 {
+        if let Some((name, v)) = read_secret(
+            &get,
+            "MINIRAG_INTERNAL_TOKEN",
+            "MINIRAG_INTERNAL_TOKEN_FILE",
+        )? {
+            self.admit_secret(name, &v)?;
+            // The length floor holds even with the opt-out: a short token is guessable
+            // whatever it looks like, and the agent must hold the same one.
+            if v.len() < 16 {
                 return Err(ConfigError::Env {
                     name,
                     message: "must be a real secret of at least 16 characters".into(),
@@ -444,7 +524,32 @@ impl Config {
             }
             self.internal_token = Some(v);
         }
+        crate::billing::config::apply_env(self, &get)?;
         Ok(())
+    }
+
+    /// [`check_secret`] under this config's opt-out; remembers a placeholder it let
+    /// through so [`Config::warn_placeholder_secrets`] can name it once logging is up.
+    pub fn admit_secret(&mut self, name: &'static str, value: &str) -> Result<(), ConfigError> {
+        let check = check_secret(name, value, self.security.allow_placeholder_secrets)?;
+        if check == SecretCheck::PlaceholderAllowed
+            && !self.placeholder_secrets_allowed.contains(&name)
+        {
+            self.placeholder_secrets_allowed.push(name);
+        }
+        Ok(())
+    }
+
+    /// One warning per secret let through with a placeholder value; names, never values.
+    /// Called by `serve` after the logger is installed (config loads before it).
+    pub fn warn_placeholder_secrets(&self) {
+        for name in &self.placeholder_secrets_allowed {
+            tracing::warn!(
+                event = "security.placeholder_secret_allowed",
+                variable = *name,
+                "{name} holds a placeholder value; starting anyway because security.allow_placeholder_secrets is on (never in production)"
+            );
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -465,6 +570,8 @@ impl Config {
             return bad("logging.rotation_max_bytes must be at least 1024");
         }
         self.jobs.validate().map_err(ConfigError::Invalid)?;
+        self.lifecycle.validate().map_err(ConfigError::Invalid)?;
+        self.backup.validate().map_err(ConfigError::Invalid)?;
         if self.store.readers == 0 {
             return bad("store.readers must be at least 1");
         }
@@ -491,6 +598,8 @@ impl Config {
         for net in &self.ingest.url.allow_private {
             parse_cidr(net).map_err(ConfigError::Invalid)?;
         }
+        self.cors.validate().map_err(ConfigError::Invalid)?;
+        self.billing.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -562,5 +671,157 @@ mod tests {
         assert!(parse_cidr("10.0.0.0/33").is_err());
         let e = parse_cidr("nope").unwrap_err();
         assert!(e.starts_with("ingest.url.allow_private:"), "{e}");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn placeholder_secrets_are_refused_by_name_never_by_value() {
+        for value in ["changeme", "  CHANGEME ", "<your key>", "sk-...", "xxx", ""] {
+            let err = Config::default()
+                .apply_env(env(&[("OPENAI_API_KEY", value)]))
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("OPENAI_API_KEY"), "{msg}");
+            assert!(msg.contains("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS"), "{msg}");
+            // "changeme" is among the examples the message lists; the others must not appear.
+            if !value.trim().is_empty() && !value.to_ascii_lowercase().contains("changeme") {
+                assert!(!msg.contains(value.trim()), "value echoed: {msg}");
+            }
+        }
+        let err = Config::default()
+            .apply_env(env(&[(
+                "MINIRAG_INTERNAL_TOKEN",
+                "changeme-changeme-changeme",
+            )]))
+            .unwrap_err();
+        assert!(err.to_string().contains("MINIRAG_INTERNAL_TOKEN"), "{err}");
+        assert!(!err.to_string().contains("changeme-changeme"), "{err}");
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[("OPENAI_API_KEY", "sk-live-0123456789abcdef")]))
+            .unwrap();
+        assert!(cfg.placeholder_secrets_allowed.is_empty());
+    }
+
+    #[test]
+    fn check_secret_is_the_one_rule_for_every_secret() {
+        assert_eq!(
+            check_secret("STRIPE_API_KEY", "sk_live_51Habc", false).unwrap(),
+            SecretCheck::Real
+        );
+        let e = check_secret("STRIPE_WEBHOOK_SECRET", "<whsec_from_dashboard>", false).unwrap_err();
+        assert!(
+            e.to_string().starts_with("STRIPE_WEBHOOK_SECRET holds"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("whsec"), "{e}");
+        assert_eq!(
+            check_secret("STRIPE_WEBHOOK_SECRET", "replace-me", true).unwrap(),
+            SecretCheck::PlaceholderAllowed
+        );
+    }
+
+    #[test]
+    fn opt_out_downgrades_the_refusal_and_remembers_the_name() {
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[
+            ("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS", "true"),
+            ("OPENAI_API_KEY", "changeme"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.openai.api_key.as_deref(), Some("changeme"));
+        assert_eq!(cfg.placeholder_secrets_allowed, vec!["OPENAI_API_KEY"]);
+
+        // The same switch from the YAML file.
+        let mut cfg = Config::from_yaml("security:\n  allow_placeholder_secrets: true\n").unwrap();
+        cfg.apply_env(env(&[("OPENAI_API_KEY", "changeme")]))
+            .unwrap();
+        assert_eq!(cfg.placeholder_secrets_allowed, vec!["OPENAI_API_KEY"]);
+        // ... and the environment wins over the file.
+        let mut cfg = Config::from_yaml("security:\n  allow_placeholder_secrets: true\n").unwrap();
+        assert!(
+            cfg.apply_env(env(&[
+                ("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS", "false"),
+                ("OPENAI_API_KEY", "changeme"),
+            ]))
+            .is_err()
+        );
+
+        // The internal token's length floor is not part of the opt-out.
+        let mut cfg = Config::default();
+        let err = cfg
+            .apply_env(env(&[
+                ("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS", "1"),
+                ("MINIRAG_INTERNAL_TOKEN", "changeme"),
+            ]))
+            .unwrap_err();
+        assert!(err.to_string().contains("16 characters"), "{err}");
+
+        let err = Config::default()
+            .apply_env(env(&[("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS", "maybe")]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("RAG_CORE_ALLOW_PLACEHOLDER_SECRETS")
+        );
+    }
+
+    #[test]
+    fn secrets_from_files_are_checked_too() {
+        let dir = std::env::temp_dir().join(format!("rag-core-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("openai");
+        std::fs::write(&file, "changeme\n").unwrap();
+        let path = file.to_string_lossy().to_string();
+        let err = Config::default()
+            .apply_env(env(&[("OPENAI_API_KEY_FILE", &path)]))
+            .unwrap_err();
+        assert!(err.to_string().contains("OPENAI_API_KEY_FILE"), "{err}");
+        std::fs::write(&file, "sk-proj-real-looking-key\n").unwrap();
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[("OPENAI_API_KEY_FILE", &path)]))
+            .unwrap();
+        assert_eq!(
+            cfg.openai.api_key.as_deref(),
+            Some("sk-proj-real-looking-key")
+        );
+        // The variable itself wins over the file.
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[
+            ("OPENAI_API_KEY", "sk-from-env-0123456789"),
+            ("OPENAI_API_KEY_FILE", "/nonexistent"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            cfg.openai.api_key.as_deref(),
+            Some("sk-from-env-0123456789")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn secrets_are_never_read_from_yaml() {
+        // A key pasted into the file is an error, not silently used or ignored.
+        let err = Config::from_yaml("openai:\n  api_key: sk-real\n").unwrap_err();
+        assert!(err.contains("api_key"), "{err}");
+        assert!(Config::from_yaml("internal_token: abcdefabcdefabcdef\n").is_err());
+    }
+
+    #[test]
+    fn cors_is_validated_with_the_rest() {
+        let cfg = Config::from_yaml("cors:\n  allowed_origins: ['*']\n  allow_credentials: true\n")
+            .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("cors.allow_credentials"), "{err}");
+        let cfg =
+            Config::from_yaml("cors:\n  allowed_origins: [https://app.example.com/]\n").unwrap();
+        assert!(cfg.validate().is_err());
+        assert!(Config::from_yaml("cors:\n  allow_origin: ['*']\n").is_err());
     }
 }

@@ -3,9 +3,13 @@
 
 pub mod answer;
 pub mod api;
+pub mod audit;
+pub mod backup;
+pub mod billing;
 pub mod config;
 pub mod ingest;
 pub mod jobs;
+pub mod lifecycle;
 pub mod obs;
 pub mod retrieval;
 pub mod server;

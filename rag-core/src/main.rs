@@ -61,10 +61,91 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         documents: usize,
     },
+    /// The hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Encrypted backups of the store: create, verify, restore (docs/backups.md).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Administrative commands that work on the store directly.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+/// Keys are 64 hex characters or base64 of 32 bytes (`backup keygen` makes one).
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Snapshot the store (safe while the server runs) into an encrypted file.
+    Create {
+        #[arg(long, env = "RAG_CORE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write exactly this file.
+        #[arg(long, conflicts_with = "dir")]
+        out: Option<PathBuf>,
+        /// Write rag-<UTC time>.mrbak into this directory [default: backup.dir, <data_dir>/backups].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// File holding the backup key [else env RAG_CORE_BACKUP_KEY, RAG_CORE_BACKUP_KEY_FILE, backup.key_file].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Decrypt into a temporary file, run the integrity check, print record counts.
+    Verify {
+        /// The backup (.mrbak).
+        file: PathBuf,
+        #[arg(long, env = "RAG_CORE_CONFIG")]
+        config: Option<PathBuf>,
+        /// File holding the backup key [else env RAG_CORE_BACKUP_KEY, RAG_CORE_BACKUP_KEY_FILE, backup.key_file].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Restore a backup as <DIR>/rag.db (stop the server on DIR first).
+    Restore {
+        /// The backup (.mrbak).
+        file: PathBuf,
+        /// Data directory to restore into.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Replace an existing store (it is kept beside as rag.db.before-restore-<time>).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "RAG_CORE_CONFIG")]
+        config: Option<PathBuf>,
+        /// File holding the backup key [else env RAG_CORE_BACKUP_KEY, RAG_CORE_BACKUP_KEY_FILE, backup.key_file].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print a new random key (hex), or write it to a new owner-only file.
+    Keygen {
+        /// Write the key to this new file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every record's hash and link; exit 1 naming the first broken records.
+    Verify {
+        #[arg(long, env = "RAG_CORE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A head seen earlier (the `audit_seq:audit_hash` of a shipped `audit.*` log
+        /// line) that must still be present: catches records cut off the end.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -173,6 +254,90 @@ fn run() -> anyhow::Result<()> {
                 &mut std::io::stdout(),
             ))?;
         }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    data_dir,
+                    expect_head,
+                    json,
+                },
+        } => {
+            let expect = expect_head
+                .as_deref()
+                .map(|h| {
+                    let (seq, hash) = h
+                        .split_once(':')
+                        .context("--expect-head takes SEQ:HASH, e.g. 42:9f86d0…")?;
+                    let seq: i64 = seq
+                        .trim()
+                        .parse()
+                        .context("--expect-head: SEQ must be a record number")?;
+                    anyhow::Ok((seq, hash.trim().to_string()))
+                })
+                .transpose()?;
+            let cfg = load(config, data_dir)?;
+            let store = Store::open(&cfg.data_dir, &cfg.store)?;
+            let report = store.write_blocking(|c| {
+                rag_core::audit::verify(c, expect.as_ref().map(|(s, h)| (*s, h.as_str())))
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "audit log: {} records, head {}:{}",
+                    report.records, report.head_seq, report.head_hash
+                );
+                for p in &report.problems {
+                    println!("BROKEN at record {}: {} ({})", p.seq, p.kind, p.detail);
+                }
+            }
+            if !report.ok() {
+                anyhow::bail!(
+                    "the audit log fails verification: {} problem(s), first at record {}",
+                    report.problems.len(),
+                    report.problems[0].seq
+                );
+            }
+            if !json {
+                println!("ok: the chain is intact");
+            }
+        }
+        Command::Backup { command } => {
+            use rag_core::backup::cli;
+            let stdout = &mut std::io::stdout();
+            match command {
+                BackupCommand::Create {
+                    config,
+                    data_dir,
+                    out,
+                    dir,
+                    key_file,
+                } => {
+                    let cfg = load(config, data_dir)?;
+                    cli::create(&cfg, out, dir, key_file.as_deref(), stdout)?;
+                }
+                BackupCommand::Verify {
+                    file,
+                    config,
+                    key_file,
+                } => {
+                    let cfg = load(config, None)?;
+                    cli::verify(&cfg, &file, key_file.as_deref(), stdout)?;
+                }
+                BackupCommand::Restore {
+                    file,
+                    data_dir,
+                    force,
+                    config,
+                    key_file,
+                } => {
+                    let cfg = load(config, None)?;
+                    cli::restore(&cfg, &file, &data_dir, force, key_file.as_deref(), stdout)?;
+                }
+                BackupCommand::Keygen { out } => cli::keygen(out.as_deref(), stdout)?,
+            }
+        }
         Command::Admin {
             command:
                 AdminCommand::Bootstrap {
@@ -200,6 +365,10 @@ fn run() -> anyhow::Result<()> {
                     "free",
                     t.chunk_limit_free,
                     t.trial_days,
+                    &rag_core::audit::Origin::new(
+                        rag_core::audit::Actor::cli("admin bootstrap"),
+                        None,
+                    ),
                 )
             })?;
             if json {

@@ -73,6 +73,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     // reqwest is built without a default crypto provider; pick ring explicitly once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Arc::new(cfg);
+    cfg.warn_placeholder_secrets();
     let store = Store::open(&cfg.data_dir, &cfg.store)?;
 
     if cfg.bootstrap_on_empty && store.write_blocking(|c| tenancy::is_empty(c))? {
@@ -85,8 +86,10 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                 "free",
                 t.chunk_limit_free,
                 t.trial_days,
+                &crate::audit::Origin::new(crate::audit::Actor::system("bootstrap"), None),
             )
         })?;
+        b.audit.log();
         // Shown once on the terminal, never written to the log file.
         eprintln!(
             "\nrag-core: empty store, created a first organization.\n  organization_id: {}\n  workspace_id:    {}\n  admin API key:   {}\n(the key is shown only now; store it safely)\n",
@@ -96,6 +99,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
 
     let state = build_state(Arc::clone(&cfg), store).await?;
+    // Before anything else starts: an unusable backup key stops startup here.
+    crate::backup::schedule::start(&state).map_err(|e| ServeError::Setup(e.to_string()))?;
     crate::jobs::Jobs::start(state.clone());
 
     if let Some(url) = cfg.healthchecks.ping_url.clone() {
@@ -191,7 +196,8 @@ pub async fn build_state(cfg: Arc<Config>, store: Arc<Store>) -> Result<AppState
             Arc::clone(&store),
             cfg.jobs.max_pending,
         )),
-        cfg.jobs.clone(),
+        // The built-in `lifecycle` schedule (retention sweep) joins the configured ones.
+        cfg.lifecycle.with_schedule(&cfg.jobs),
         Arc::clone(&metrics),
     );
     let state = AppState(Arc::new(Inner {

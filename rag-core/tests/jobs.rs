@@ -81,30 +81,6 @@ fn status_is(s: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["status"] == s
 }
 
-/// Every log line must match docs/log-record.schema.json (also system jobs, which have
-/// no request).
-fn assert_log_schema(lines: &[Value]) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/log-record.schema.json"
-    );
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut schemas = boon::Schemas::new();
-    let mut compiler = boon::Compiler::new();
-    compiler
-        .add_resource("urn:minirag:log-record", schema)
-        .unwrap();
-    let idx = compiler
-        .compile("urn:minirag:log-record", &mut schemas)
-        .unwrap();
-    assert!(!lines.is_empty());
-    for l in lines {
-        if let Err(e) = schemas.validate(l, idx) {
-            panic!("log line does not match the schema: {e}\n{l}");
-        }
-    }
-}
-
 fn events<'a>(lines: &'a [Value], event: &str, job_id: &str) -> Vec<&'a Value> {
     lines
         .iter()

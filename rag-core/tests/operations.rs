@@ -383,3 +383,30 @@ async fn healthcheck_pings_report_success_and_count_failures() {
         .expect("healthcheck_ping_failed_total on /metrics");
     assert!(failed >= 2.0, "{failed}");
 }
+
+/// Every route the router serves is in docs/openapi.json and the document names no route
+/// that does not exist, so the published contract cannot drift from the code.
+#[test]
+fn openapi_documents_exactly_the_routes_served() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let router = std::fs::read_to_string(root.join("src/api/mod.rs")).unwrap();
+    let mut served = std::collections::BTreeSet::new();
+    for part in router.split(".route(").skip(1) {
+        let path = part.trim_start().trim_start_matches('"');
+        if let Some(end) = path.find('"') {
+            served.insert(path[..end].to_string());
+        }
+    }
+    assert!(served.len() > 20, "router parse found {served:?}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("../docs/openapi.json")).unwrap())
+            .unwrap();
+    let documented: std::collections::BTreeSet<String> =
+        doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let missing: Vec<_> = served.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "undocumented routes: {missing:?}; documented but not served: {stale:?}"
+    );
+}

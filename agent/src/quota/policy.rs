@@ -146,7 +146,18 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            billing_blocked_statuses: vec!["canceled".into(), "expired".into()],
+            // Every status rag-core refuses ingest for (its principal reports an ended
+            // trial or subscription as `expired`), so the edge and the core agree.
+            billing_blocked_statuses: [
+                "past_due",
+                "canceled",
+                "expired",
+                "incomplete",
+                "unpaid",
+                "paused",
+            ]
+            .map(String::from)
+            .to_vec(),
             threshold_ratio: 0.9,
             plans: HashMap::new(),
             default_plan: None,

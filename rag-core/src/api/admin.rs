@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth, Ctx};
 use super::state::AppState;
+use crate::audit::{self, Origin};
 use crate::tenancy::{self, PLANS, Role, Scope};
 
 fn plan_limit(state: &AppState, plan: &str) -> i64 {
@@ -79,7 +80,7 @@ pub async fn create_organization(
     auth: Auth,
     ApiJson(body): ApiJson<NewOrganization>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    auth.require(Scope::Admin)?;
+    let origin = Origin::api(auth.require(Scope::Admin)?, &ctx.request_id);
     let name = check_name("name", &body.name)?;
     let email = check_name("owner_email", &body.owner_email)?;
     let plan = body.plan.unwrap_or_else(|| "free".into());
@@ -93,9 +94,9 @@ pub async fn create_organization(
     let trial = state.cfg.tenancy.trial_days;
     let b = state
         .store
-        .write(move |c| tenancy::bootstrap_org(c, &name, &email, &plan, limit, trial))
+        .write(move |c| tenancy::bootstrap_org(c, &name, &email, &plan, limit, trial, &origin))
         .await?;
-    tracing::info!(event = "audit.organization.created", new_organization_id = %b.organization_id, "organization created");
+    b.audit.log();
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
@@ -136,11 +137,26 @@ pub async fn create_workspace(
     let name = check_name("name", &body.name)?;
     let limit = plan_limit(&state, &p.plan);
     let org = p.organization_id.clone();
-    let ws = state
+    let origin = Origin::api(p, &ctx.request_id);
+    let (ws, rec) = state
         .store
-        .write(move |c| tenancy::create_workspace(c, &org, &name, limit))
+        .write(move |c| {
+            let tx = c.transaction()?;
+            let ws = tenancy::create_workspace(&tx, &org, &name, limit)?;
+            let rec = audit::append(
+                &tx,
+                origin
+                    .event("workspace.created")
+                    .organization(&org)
+                    .workspace(&ws.id)
+                    .target(ws.id.clone())
+                    .after(json!({"name": ws.name, "chunk_limit": ws.chunk_limit})),
+            )?;
+            tx.commit()?;
+            Ok((ws, rec))
+        })
         .await?;
-    tracing::info!(event = "audit.workspace.created", new_workspace_id = %ws.id, "workspace created");
+    rec.log();
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"workspace": ws, "request_id": ctx.request_id})),
@@ -199,12 +215,27 @@ pub async fn create_user(
         ));
     }
     let org = p.organization_id.clone();
-    let user = state
+    let origin = Origin::api(p, &ctx.request_id);
+    let (user, rec) = state
         .store
-        .write(move |c| tenancy::create_user(c, &org, &email, role))
+        .write(move |c| {
+            let tx = c.transaction()?;
+            let user = tenancy::create_user(&tx, &org, &email, role)?;
+            // The email is personal data: the record names the user by id only.
+            let rec = audit::append(
+                &tx,
+                origin
+                    .event("user.created")
+                    .organization(&org)
+                    .target(user.id.clone())
+                    .after(json!({"role": role.as_str()})),
+            )?;
+            tx.commit()?;
+            Ok((user, rec))
+        })
         .await
         .map_err(|e| conflict(e, "a user with this email"))?;
-    tracing::info!(event = "audit.user.created", target_user_id = %user.id, role = role.as_str(), "user created");
+    rec.log();
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"user": user, "request_id": ctx.request_id})),
@@ -228,6 +259,7 @@ pub async fn change_role(
     let role = parse_role(&body.role)?;
     let org = p.organization_id.clone();
     let caller_role = p.role;
+    let origin = Origin::api(p, &ctx.request_id);
     let target = user_id.clone();
     let outcome = state
         .store
@@ -246,13 +278,22 @@ pub async fn change_role(
                 return Ok(Err("last_owner"));
             }
             tenancy::set_user_role(&tx, &target, &org, role)?;
+            let rec = audit::append(
+                &tx,
+                origin
+                    .event("user.role_changed")
+                    .organization(&org)
+                    .target(target.clone())
+                    .before(json!({"role": current.as_str()}))
+                    .after(json!({"role": role.as_str()})),
+            )?;
             tx.commit()?;
-            Ok(Ok(()))
+            Ok(Ok(rec))
         })
         .await?;
     match outcome {
-        Ok(()) => {
-            tracing::info!(event = "audit.user.role_changed", target_user_id = %user_id, role = role.as_str(), "role changed");
+        Ok(rec) => {
+            rec.log();
             Ok(axum::Json(
                 json!({"user_id": user_id, "role": role, "request_id": ctx.request_id}),
             ))
@@ -327,13 +368,15 @@ pub async fn create_key(
     let ws = body.workspace_id.unwrap_or_else(|| p.workspace_id.clone());
     let user = body.user_id.unwrap_or_else(|| p.user_id.clone());
     let org = p.organization_id.clone();
+    let origin = Origin::api(&p, &ctx.request_id);
     let created = state
         .store
         .write(move |c| {
-            if !tenancy::workspace_in_org(c, &ws, &org)? {
+            let c = c.transaction()?;
+            if !tenancy::workspace_in_org(&c, &ws, &org)? {
                 return Ok(Err(format!("no workspace {ws:?} in this organization")));
             }
-            let Some(role) = tenancy::user_role(c, &user, &org)? else {
+            let Some(role) = tenancy::user_role(&c, &user, &org)? else {
                 return Ok(Err(format!("no user {user:?} in this organization")));
             };
             if let Some(s) = scopes.iter().find(|s| !role.allows(**s)) {
@@ -343,12 +386,26 @@ pub async fn create_key(
                     s.as_str()
                 )));
             }
-            Ok(Ok(tenancy::create_key(c, &ws, &user, &name, &scopes)?))
+            let k = tenancy::create_key(&c, &ws, &user, &name, &scopes)?;
+            let rec = audit::append(
+                &c,
+                origin
+                    .event("api_key.created")
+                    .organization(&org)
+                    .workspace(&ws)
+                    .target(k.info.id.clone())
+                    .after(json!({
+                        "name": k.info.name, "prefix": k.info.prefix, "user_id": k.info.user_id,
+                        "scopes": k.info.scopes,
+                    })),
+            )?;
+            c.commit()?;
+            Ok(Ok((k, rec)))
         })
         .await?;
     match created {
-        Ok(k) => {
-            tracing::info!(event = "audit.api_key.created", key_id = %k.info.id, key_workspace_id = %k.info.workspace_id, "API key created");
+        Ok((k, rec)) => {
+            rec.log();
             let mut v = serde_json::to_value(&k).map_err(|_| ApiError::internal())?;
             v["request_id"] = json!(ctx.request_id);
             Ok((StatusCode::CREATED, axum::Json(v)))
@@ -364,18 +421,34 @@ pub async fn revoke_key(
     auth: Auth,
     Path(key_id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let org = auth.require(Scope::Admin)?.organization_id.clone();
+    let p = auth.require(Scope::Admin)?;
+    let org = p.organization_id.clone();
+    let origin = Origin::api(p, &ctx.request_id);
     let id = key_id.clone();
-    if !state
+    let revoked = state
         .store
-        .write(move |c| tenancy::revoke_key(c, &id, &org))
-        .await?
-    {
+        .write(move |c| {
+            let tx = c.transaction()?;
+            if !tenancy::revoke_key(&tx, &id, &org)? {
+                return Ok(None);
+            }
+            let rec = audit::append(
+                &tx,
+                origin
+                    .event("api_key.revoked")
+                    .organization(&org)
+                    .target(id.clone()),
+            )?;
+            tx.commit()?;
+            Ok(Some(rec))
+        })
+        .await?;
+    let Some(rec) = revoked else {
         return Err(ApiError::not_found(format!(
             "no active key {key_id:?} in this organization"
         )));
-    }
-    tracing::info!(event = "audit.api_key.revoked", key_id = %key_id, "API key revoked");
+    };
+    rec.log();
     Ok(axum::Json(
         json!({"revoked": key_id, "request_id": ctx.request_id}),
     ))

@@ -89,6 +89,7 @@ pub async fn ingest_text(
     ApiJson(body): ApiJson<IngestText>,
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
+    crate::billing::guard(&state, &p).await?;
     check_count(&state, body.documents.len())?;
     let max = state.cfg.limits.max_document_bytes;
     let mut inputs = Vec::with_capacity(body.documents.len());
@@ -127,7 +128,7 @@ pub async fn ingest_text(
             &ctx,
             &headers,
             JobKind::IngestText,
-            json!({"documents": documents}),
+            json!({"documents": documents, "ingested_by": p.user_id}),
         )
         .await;
     }
@@ -185,6 +186,8 @@ pub async fn ingest_files(
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
+    // Before the upload is read: a blocked organization should not spend our bandwidth.
+    crate::billing::guard(&state, &p).await?;
     let max_bytes = state.cfg.limits.max_document_bytes;
     let max_files = state.cfg.limits.max_documents_per_request;
     let mut files: Vec<(String, Format, Vec<u8>)> = Vec::new();
@@ -244,7 +247,7 @@ pub async fn ingest_files(
             &ctx,
             &headers,
             JobKind::IngestFiles,
-            json!({"documents": documents}),
+            json!({"documents": documents, "ingested_by": p.user_id}),
         )
         .await;
     }
@@ -312,6 +315,7 @@ pub async fn ingest_urls(
     ApiJson(body): ApiJson<IngestUrls>,
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
+    crate::billing::guard(&state, &p).await?;
     check_count(&state, body.urls.len())?;
     let items: Vec<(String, Option<String>)> = body
         .urls
@@ -336,7 +340,7 @@ pub async fn ingest_urls(
             &ctx,
             &headers,
             JobKind::IngestUrls,
-            json!({"documents": documents}),
+            json!({"documents": documents, "ingested_by": p.user_id}),
         )
         .await;
     }
@@ -420,18 +424,27 @@ async fn store_and_respond(
     source: &'static str,
     slots: Vec<Slot>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let results = store_slots(state, p.workspace_seq, &p.workspace_id, source, slots).await?;
+    let results = store_slots(
+        state,
+        p.workspace_seq,
+        &p.workspace_id,
+        Some(&p.user_id),
+        source,
+        slots,
+    )
+    .await?;
     Ok(axum::Json(
         json!({"documents": results, "request_id": request_id}),
     ))
 }
 
 /// Embeds, stores in one transaction, updates the vector index, counts and logs; returns
-/// one result per slot, in order.
+/// one result per slot, in order. `ingested_by` is the uploading user, if known.
 pub(crate) async fn store_slots(
     state: &AppState,
     ws: i64,
     workspace_id: &str,
+    ingested_by: Option<&str>,
     source: &'static str,
     slots: Vec<Slot>,
 ) -> Result<Vec<Value>, ApiError> {
@@ -494,11 +507,19 @@ pub(crate) async fn store_slots(
         }
     }
     let embedder_name = state.embedder.name();
+    let uploader = ingested_by.map(str::to_owned);
     let write_started = Instant::now();
     let (owned, outcomes) = state
         .store
         .write(move |conn| {
-            let r = insert_documents(conn, ws, &owned, &per_doc_blobs, &embedder_name);
+            let r = insert_documents(
+                conn,
+                ws,
+                &owned,
+                &per_doc_blobs,
+                &embedder_name,
+                uploader.as_deref(),
+            );
             Ok((owned, r))
         })
         .await?;

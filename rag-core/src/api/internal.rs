@@ -41,13 +41,23 @@ pub async fn principal(
 ) -> Result<axum::Json<Value>, ApiError> {
     check_token(&state, &headers)?;
     let p = auth?.0;
+    // The effective status (an ended trial reads `expired`), so the agent's early 402
+    // agrees with the guard's; `billing_blocked_reason` says why, null when not blocked.
+    let org = p.organization_id.clone();
+    let billing = state
+        .store
+        .read(move |c| crate::billing::load(c, &org))
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    let now = chrono::Utc::now();
     Ok(axum::Json(json!({
         "user_id": p.user_id,
         "workspace_id": p.workspace_id,
         "organization_id": p.organization_id,
         "role": p.role,
         "plan": p.plan,
-        "billing_status": p.billing_status,
+        "billing_status": billing.effective_status(now),
+        "billing_blocked_reason": billing.blocked_reason(now),
         "scopes": p.scopes,
         "usage": {"chunk_total": p.chunk_total, "chunk_limit": p.chunk_limit},
         "request_id": ctx.request_id,

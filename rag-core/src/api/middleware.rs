@@ -19,15 +19,20 @@ use crate::obs::metrics::{HttpLabels, RouteLabels, TraceLabel};
 #[derive(Clone, Default)]
 pub struct RouteSlot(Arc<OnceLock<String>>);
 
-pub async fn record_route(mut req: Request, next: Next) -> Response {
+pub async fn record_route(req: Request, next: Next) -> Response {
+    remember_route(&req);
+    next.run(req).await
+}
+
+/// Fills the route slot from the matched path. Also called by layers that answer before
+/// the route layer runs (CORS preflights), so their metrics name the route too.
+pub(super) fn remember_route(req: &Request) {
     if let (Some(slot), Some(path)) = (
         req.extensions().get::<RouteSlot>(),
         req.extensions().get::<MatchedPath>(),
     ) {
         let _ = slot.0.set(path.as_str().to_string());
     }
-    let _ = &mut req;
-    next.run(req).await
 }
 
 fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod ask;
+pub mod cors;
 pub mod error;
 pub(crate) mod extract;
 pub(crate) mod ingest;
@@ -61,13 +62,60 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/admin/users/{id}", patch(admin::change_role))
         .route(
+            "/api/v1/admin/users/{id}/data",
+            delete(crate::lifecycle::api::delete_user_data),
+        )
+        .route(
+            "/api/v1/admin/workspaces/{id}",
+            delete(crate::lifecycle::api::delete_workspace),
+        )
+        .route(
+            "/api/v1/admin/workspaces/{id}/export",
+            post(crate::lifecycle::api::export_workspace),
+        )
+        .route(
+            "/api/v1/admin/workspaces/{id}/retention",
+            get(crate::lifecycle::api::get_retention).put(crate::lifecycle::api::set_retention),
+        )
+        .route(
+            "/api/v1/admin/exports/{id}",
+            get(crate::lifecycle::api::show_export),
+        )
+        .route(
+            "/api/v1/admin/exports/{id}/download",
+            get(crate::lifecycle::api::download_export),
+        )
+        .route(
             "/api/v1/admin/keys",
             get(admin::list_keys).post(admin::create_key),
         )
         .route("/api/v1/admin/keys/{id}", delete(admin::revoke_key))
+        .route("/api/v1/admin/audit", get(crate::audit::api::list))
+        .route(
+            "/api/v1/admin/billing",
+            get(crate::billing::api::show).patch(crate::billing::api::update),
+        )
+        .route(
+            "/api/v1/billing/checkout",
+            post(crate::billing::api::checkout),
+        )
+        .route("/api/v1/billing/portal", post(crate::billing::api::portal))
+        .route(
+            "/api/v1/billing/stripe/webhook",
+            post(crate::billing::api::stripe_webhook),
+        )
         .route("/internal/v1/principal", get(internal::principal))
         .route_layer(axum::middleware::from_fn(middleware::record_route))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside the request layer: preflights get a request id, an access line and the
+        // error shape. Validated at startup; a policy that still fails closes CORS.
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(
+                cors::CorsPolicy::from_config(&state.cfg.cors)
+                    .unwrap_or_else(|_| cors::CorsPolicy::disabled()),
+            ),
+            cors::handle,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_layer,

@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, Ctx};
 use super::state::AppState;
+use crate::audit;
 use crate::store::documents;
-use crate::tenancy::Scope;
+use crate::tenancy::{Principal, Scope};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,15 +126,43 @@ pub async fn preview(
     })))
 }
 
+/// Deletes the sources and records one `source.deleted` per source (id, title, kind,
+/// chunk count; never text) in the same transaction.
 async fn delete_ids(
     state: &AppState,
-    ws: i64,
+    p: &Principal,
+    request_id: &str,
     ids: Vec<String>,
 ) -> Result<(Vec<String>, Vec<String>), ApiError> {
-    let d = state
+    let ws = p.workspace_seq;
+    let origin = audit::Origin::api(p, request_id);
+    let (org, ws_id) = (p.organization_id.clone(), p.workspace_id.clone());
+    let (d, records) = state
         .store
-        .write(move |c| documents::delete_sources(c, ws, &ids))
+        .write(move |c| {
+            crate::lifecycle::securely(c, |c| {
+                let tx = c.transaction()?;
+                let d = documents::delete_sources_in(&tx, ws, &ids)?;
+                let mut records = Vec::with_capacity(d.removed.len());
+                for s in &d.removed {
+                    records.push(audit::append(
+                        &tx,
+                        origin
+                            .event("source.deleted")
+                            .organization(&org)
+                            .workspace(&ws_id)
+                            .target(s.source_id.clone())
+                            .before(json!({"title": s.title, "kind": s.kind, "chunks": s.chunks})),
+                    )?);
+                }
+                tx.commit()?;
+                Ok((d, records))
+            })
+        })
         .await?;
+    for r in &records {
+        r.log();
+    }
     state.searcher.remove_vectors(ws, &d.chunk_ids).await;
     state.metrics.chunk_records.dec_by(d.chunk_ids.len() as i64);
     for id in &d.source_ids {
@@ -148,8 +177,8 @@ pub async fn delete(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let ws = auth.require(Scope::Write)?.workspace_seq;
-    let (deleted, _) = delete_ids(&state, ws, vec![id.clone()]).await?;
+    let p = auth.require(Scope::Write)?;
+    let (deleted, _) = delete_ids(&state, p, &ctx.request_id, vec![id.clone()]).await?;
     if deleted.is_empty() {
         return Err(unknown_source(&id));
     }
@@ -170,14 +199,14 @@ pub async fn batch_delete(
     auth: Auth,
     ApiJson(body): ApiJson<BatchDelete>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let ws = auth.require(Scope::Write)?.workspace_seq;
+    let p = auth.require(Scope::Write)?;
     if body.source_ids.is_empty() || body.source_ids.len() > 1000 {
         return Err(ApiError::unprocessable(
             "invalid_request",
             "source_ids must hold 1 to 1000 ids",
         ));
     }
-    let (deleted, not_found) = delete_ids(&state, ws, body.source_ids).await?;
+    let (deleted, not_found) = delete_ids(&state, p, &ctx.request_id, body.source_ids).await?;
     Ok(axum::Json(
         json!({"deleted": deleted, "not_found": not_found, "request_id": ctx.request_id}),
     ))

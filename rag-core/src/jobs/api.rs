@@ -268,6 +268,13 @@ pub async fn submit(
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
+    if matches!(
+        JobKind::parse(&body.name),
+        Some(JobKind::IngestText | JobKind::IngestFiles | JobKind::IngestUrls)
+    ) {
+        // Ingest submitted as a job is still ingest: the billing guard applies here too.
+        crate::billing::guard(&state, &p).await?;
+    }
     let kind = match JobKind::parse(&body.name) {
         Some(JobKind::Embed) => JobKind::Embed,
         Some(JobKind::Test) if state.jobs.config().testing.enabled => JobKind::Test,

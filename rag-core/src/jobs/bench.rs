@@ -77,11 +77,21 @@ async fn run_in(
     cfg.jobs.poll_interval_ms = 10;
     cfg.jobs.testing.enabled = true;
     cfg.jobs.max_pending = (opts.jobs as u64).max(1) + 10;
+    // Only the measured jobs: no built-in retention schedule in the queue.
+    cfg.lifecycle.schedule_every = None;
     cfg.tenancy.chunk_limit_free = i64::MAX / 4;
     let cfg = Arc::new(cfg);
     let store = Store::open(&cfg.data_dir, &cfg.store)?;
     let b = store.write_blocking(|c| {
-        crate::tenancy::bootstrap_org(c, "bench", "bench@localhost", "free", i64::MAX / 4, 30)
+        crate::tenancy::bootstrap_org(
+            c,
+            "bench",
+            "bench@localhost",
+            "free",
+            i64::MAX / 4,
+            30,
+            &crate::audit::Origin::new(crate::audit::Actor::cli("bench-jobs"), None),
+        )
     })?;
     let ws_id = b.workspace_id.clone();
     let ws_seq: i64 = store.write_blocking(move |c| {

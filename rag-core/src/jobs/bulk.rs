@@ -321,7 +321,15 @@ async fn directly(
             names.push((r.name, r.hash));
         }
     }
-    let results = match store_slots(state, target.ws_seq, &target.workspace_id, "file", slots).await
+    let results = match store_slots(
+        state,
+        target.ws_seq,
+        &target.workspace_id,
+        None,
+        "file",
+        slots,
+    )
+    .await
     {
         Ok(r) => r,
         Err(e) => {

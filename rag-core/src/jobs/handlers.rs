@@ -38,6 +38,9 @@ pub(super) async fn run(state: &AppState, job: &Job, ctx: &JobCtx) -> Result<Val
         JobKind::Dedupe => dedupe(state, job.ws_seq).await,
         JobKind::Reindex => reindex(state).await,
         JobKind::Retention => retention(state).await,
+        JobKind::ExportWorkspace => crate::lifecycle::export::run_job(state, job, ctx).await,
+        JobKind::DeleteWorkspace => crate::lifecycle::delete::workspace_job(state, job, ctx).await,
+        JobKind::DeleteUserData => crate::lifecycle::delete::user_data_job(state, job, ctx).await,
         JobKind::Test => test_job(state, job, ctx).await,
     }
 }
@@ -69,6 +72,11 @@ async fn ingest(
         _ => return Err(JobError::permanent("payload has no documents")),
     };
     let total = docs.len();
+    // Who submitted the documents (absent in jobs queued by `rag-core ingest`).
+    let ingested_by = payload
+        .get("ingested_by")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let cp = ctx.checkpoint.clone().unwrap_or_else(|| json!({}));
     let count = |k: &str| cp.get(k).and_then(Value::as_u64).unwrap_or(0);
     let mut next = (count("next") as usize).min(total);
@@ -137,9 +145,16 @@ async fn ingest(
                 url_slots(state, items).await
             }
         };
-        let results = store_slots(state, job.ws_seq, &job.workspace_id, source, slots)
-            .await
-            .map_err(api_err)?;
+        let results = store_slots(
+            state,
+            job.ws_seq,
+            &job.workspace_id,
+            ingested_by.as_deref(),
+            source,
+            slots,
+        )
+        .await
+        .map_err(api_err)?;
         for r in results {
             match r["status"].as_str() {
                 Some("ingested") => {
@@ -328,7 +343,8 @@ async fn reindex(state: &AppState) -> Result<Value, JobError> {
     Ok(json!({"fts": "optimized"}))
 }
 
-/// Scheduled: deletes finished jobs older than `jobs.retention_days`.
+/// Scheduled: deletes finished jobs older than `jobs.retention_days`, then the data
+/// lifecycle sweep (content retention, expired exports, rotated logs).
 async fn retention(state: &AppState) -> Result<Value, JobError> {
     let days = state.jobs.config().retention_days as i64;
     let before = super::now_ms() - days * 86_400_000;
@@ -337,7 +353,9 @@ async fn retention(state: &AppState) -> Result<Value, JobError> {
         .call(move |q| q.purge_finished(before))
         .await
         .map_err(|e| JobError::retryable(e.to_string()))?;
-    Ok(json!({"removed_jobs": removed}))
+    let mut out = crate::lifecycle::retention::sweep(state).await?;
+    out["removed_jobs"] = json!(removed);
+    Ok(out)
 }
 
 /// Test-only (`jobs.testing.enabled`): sleeps `steps` × `step_ms` reporting progress and

@@ -20,6 +20,8 @@ use tokio::sync::Notify;
 
 pub use config::JobsConfig;
 pub use queue::{Job, JobQueue, NewJob, QueueError, SqliteQueue};
+// For handlers that live beside their feature (lifecycle).
+pub(crate) use worker::{JobCtx, JobError};
 
 use crate::obs::metrics::Metrics;
 use metrics::NameLabels;
@@ -35,11 +37,14 @@ pub enum JobKind {
     RebuildIndex,
     Reindex,
     Retention,
+    ExportWorkspace,
+    DeleteWorkspace,
+    DeleteUserData,
     Test,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 9] = [
+    pub const ALL: [JobKind; 12] = [
         Self::IngestText,
         Self::IngestFiles,
         Self::IngestUrls,
@@ -48,6 +53,9 @@ impl JobKind {
         Self::RebuildIndex,
         Self::Reindex,
         Self::Retention,
+        Self::ExportWorkspace,
+        Self::DeleteWorkspace,
+        Self::DeleteUserData,
         Self::Test,
     ];
 
@@ -61,6 +69,9 @@ impl JobKind {
             Self::RebuildIndex => "rebuild_index",
             Self::Reindex => "reindex",
             Self::Retention => "retention",
+            Self::ExportWorkspace => "export_workspace",
+            Self::DeleteWorkspace => "delete_workspace",
+            Self::DeleteUserData => "delete_user_data",
             Self::Test => "test",
         }
     }

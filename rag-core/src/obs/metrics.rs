@@ -79,6 +79,7 @@ pub struct Metrics {
     pub stage_duration: Family<StageLabels, Histogram>,
     pub healthcheck_ping_failed: Counter,
     pub jobs: crate::jobs::metrics::JobMetrics,
+    pub backup: crate::backup::metrics::BackupMetrics,
 }
 
 impl Metrics {
@@ -116,7 +117,7 @@ impl Metrics {
         );
         registry.register(
             "external_request_errors",
-            "Failed calls to external services (embeddings, chat, URL fetch)",
+            "Failed calls to external services (embeddings, chat, URL fetch, Stripe)",
             external_request_errors.clone(),
         );
         registry.register(
@@ -152,6 +153,7 @@ impl Metrics {
         );
 
         let jobs = crate::jobs::metrics::JobMetrics::register(&mut registry);
+        let backup = crate::backup::metrics::BackupMetrics::register(&mut registry);
 
         // Known label sets start at zero so increase() works from the first scrape.
         for source in SOURCES {
@@ -164,6 +166,8 @@ impl Metrics {
             ("openai", "embeddings"),
             ("openai", "chat"),
             ("url_fetch", "get"),
+            ("stripe", "checkout.create"),
+            ("stripe", "portal.create"),
         ] {
             let _ = external_request_errors.get_or_create(&ExternalLabels { service, operation });
         }
@@ -184,6 +188,7 @@ impl Metrics {
             stage_duration,
             healthcheck_ping_failed,
             jobs,
+            backup,
         }
     }
 

@@ -33,6 +33,11 @@ pub struct Store {
     reader_slots: Semaphore,
 }
 
+/// The schema version (`PRAGMA user_version`) this binary migrates stores to.
+pub fn schema_version() -> i64 {
+    schema::latest_version()
+}
+
 fn configure(conn: &Connection, cfg: &StoreConfig) -> rusqlite::Result<()> {
     let sync = match cfg.synchronous {
         SyncMode::Full => "FULL",

@@ -8,6 +8,12 @@ const MIGRATIONS: &[&str] = &[
     crate::jobs::queue::SCHEMA,
     // v3: file hashes of `rag-core ingest`, for incremental re-runs.
     crate::jobs::bulk::SCHEMA,
+    // v4: the hash-chained audit trail.
+    crate::audit::SCHEMA,
+    // v5: billing state and processed Stripe events.
+    crate::billing::SCHEMA,
+    // v6: workspace exports and retention policies.
+    crate::lifecycle::SCHEMA,
 ];
 
 const V1: &str = r#"
@@ -106,4 +112,10 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `user_version` a fully migrated store has; a backup of a newer store cannot be
+/// restored by this binary.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
 }

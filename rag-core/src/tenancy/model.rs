@@ -71,7 +71,17 @@ impl Role {
 }
 
 pub const PLANS: &[&str] = &["free", "pro", "enterprise"];
-pub const BILLING_STATUSES: &[&str] = &["trialing", "active", "past_due", "canceled", "expired"];
+/// `incomplete`, `unpaid` and `paused` mirror Stripe's subscription statuses (docs/billing.md).
+pub const BILLING_STATUSES: &[&str] = &[
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "expired",
+    "incomplete",
+    "unpaid",
+    "paused",
+];
 
 /// Who is calling, resolved from an API key.
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +126,7 @@ pub fn resolve_key(conn: &Connection, presented: &str) -> Result<Option<Principa
              FROM api_keys k JOIN users u ON u.id = k.user_id \
              JOIN workspaces w ON w.id = k.workspace_id \
              JOIN organizations o ON o.id = w.organization_id \
-             WHERE k.prefix = ?1",
+             WHERE k.prefix = ?1 AND w.deleting_at IS NULL",
             [prefix],
             |r| {
                 Ok((
@@ -352,6 +362,9 @@ pub struct Bootstrap {
     pub workspace_id: String,
     pub user_id: String,
     pub api_key: String,
+    /// The `organization.created` audit record; log it (`Record::log`) once committed.
+    #[serde(skip)]
+    pub audit: crate::audit::Record,
 }
 
 /// Creates an organization with one workspace, an owner and an admin key, in one
@@ -363,6 +376,7 @@ pub fn bootstrap_org(
     plan: &str,
     chunk_limit: i64,
     trial_days: i64,
+    origin: &crate::audit::Origin,
 ) -> Result<Bootstrap, StoreError> {
     let tx = conn.transaction()?;
     let org = create_organization(&tx, org_name, plan, trial_days)?;
@@ -375,12 +389,26 @@ pub fn bootstrap_org(
         "bootstrap",
         &[Scope::Read, Scope::Write, Scope::Admin],
     )?;
+    let audit = crate::audit::append(
+        &tx,
+        origin
+            .event("organization.created")
+            .organization(&org.id)
+            .workspace(&ws.id)
+            .target(org.id.clone())
+            .after(serde_json::json!({
+                "name": org.name, "plan": org.plan, "billing_status": org.billing_status,
+                "trial_ends_at": org.trial_ends_at, "workspace_id": ws.id,
+                "owner_user_id": user.id, "key_id": key.info.id,
+            })),
+    )?;
     tx.commit()?;
     Ok(Bootstrap {
         organization_id: org.id,
         workspace_id: ws.id,
         user_id: user.id,
         api_key: key.api_key,
+        audit,
     })
 }
 
@@ -416,7 +444,7 @@ pub fn list_workspaces(
 ) -> Result<Vec<Workspace>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, organization_id, name, chunk_limit, chunk_count, created_at FROM workspaces \
-         WHERE organization_id = ?1 ORDER BY seq",
+         WHERE organization_id = ?1 AND deleting_at IS NULL ORDER BY seq",
     )?;
     let rows = stmt.query_map([organization_id], |r| {
         Ok(Workspace {
@@ -431,7 +459,7 @@ pub fn list_workspaces(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// True when the workspace exists and belongs to the organization.
+/// True when the workspace exists, belongs to the organization and is not being deleted.
 pub fn workspace_in_org(
     conn: &Connection,
     workspace_id: &str,
@@ -439,7 +467,7 @@ pub fn workspace_in_org(
 ) -> Result<bool, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT 1 FROM workspaces WHERE id = ?1 AND organization_id = ?2",
+            "SELECT 1 FROM workspaces WHERE id = ?1 AND organization_id = ?2 AND deleting_at IS NULL",
             [workspace_id, organization_id],
             |_| Ok(()),
         )

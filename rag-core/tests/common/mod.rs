@@ -303,3 +303,29 @@ pub fn make_pdf(pages: &[&str]) -> Vec<u8> {
     );
     out
 }
+
+/// Every line must match the shared log schema (docs/log-record.schema.json, DESIGN §4.1);
+/// an empty set fails, so a test cannot pass by looking at nothing.
+pub fn assert_log_schema<'a>(lines: impl IntoIterator<Item = &'a Value>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/log-record.schema.json"
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler
+        .add_resource("urn:minirag:log-record", schema)
+        .unwrap();
+    let idx = compiler
+        .compile("urn:minirag:log-record", &mut schemas)
+        .unwrap();
+    let mut seen = 0;
+    for l in lines {
+        seen += 1;
+        if let Err(e) = schemas.validate(l, idx) {
+            panic!("log line does not match the schema: {e}\n{l}");
+        }
+    }
+    assert!(seen > 0, "no log lines to check");
+}
