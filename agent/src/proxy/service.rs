@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -32,6 +32,17 @@ use crate::quota::limiter::Budget;
 use crate::quota::{Backend, Decision, Metric, Policy, Scope};
 use crate::telemetry::RequestIds;
 use crate::telemetry::spans::{self, RequestSpan, UpstreamCall};
+
+// Header names set on every request or response, built at compile time: naming them as
+// `&str` would parse and validate the name again for each request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// What lives for the whole process: the upstream connection pool, the metrics, the
 /// identity cache and the quota budgets (a config reload must not reset budgets).
@@ -189,7 +200,7 @@ impl QuotaState {
             "limit={}, remaining={}, reset={}",
             self.limit, self.remaining, self.reset_seconds
         );
-        for (name, v) in [("ratelimit-policy", policy), ("ratelimit", now)] {
+        for (name, v) in [(RATELIMIT_POLICY, policy), (RATELIMIT, now)] {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 h.insert(name, v);
             }
@@ -507,7 +518,7 @@ pub async fn handle(
         q.headers(&mut parts.headers);
     }
     if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
-        parts.headers.insert("x-request-id", v);
+        parts.headers.insert(X_REQUEST_ID, v);
     }
     dynamic
         .security
@@ -600,29 +611,29 @@ async fn forward_request(
     }
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
-        h.insert("x-request-id", v);
+        h.insert(X_REQUEST_ID, v);
     }
     if let Ok(v) = HeaderValue::from_str(&ids.upstream_traceparent()) {
-        h.insert("traceparent", v);
+        h.insert(TRACEPARENT, v);
     }
-    h.remove("tracestate");
+    h.remove(&TRACESTATE);
     if let Some(ts) = &ids.tracestate {
-        h.insert("tracestate", ts.clone());
+        h.insert(TRACESTATE, ts.clone());
     }
     let client_ip = conn.remote.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {client_ip}"),
         None => client_ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(host) = original_host {
-        h.insert("x-forwarded-host", host);
+        h.insert(X_FORWARDED_HOST, host);
     }
     h.remove(header::HOST);
     parts.uri = uri;
