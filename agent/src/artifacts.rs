@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use minirag_contracts::tar::TarWriter;
 use sha2::{Digest, Sha256};
 
 /// The version stamped on bundles this binary writes (the workspace version).
@@ -224,67 +225,25 @@ fn collect(root: &Path) -> Result<BTreeSet<String>, ArtifactsError> {
     Ok(files)
 }
 
-/// One ustar header. `None` when the path does not fit the name/prefix fields.
-fn header(path: &str, size: u64, dir: bool) -> Option<[u8; BLOCK]> {
-    let mut h = [0u8; BLOCK];
-    let bytes = path.as_bytes();
-    // ustar splits a long path at a '/' into prefix (155 bytes) and name (100 bytes).
-    let (prefix, name) = if bytes.len() <= 100 {
-        (&b""[..], bytes)
-    } else {
-        let split = (0..bytes.len()).rev().find(|&i| {
-            bytes[i] == b'/' && i <= 155 && (1..=100).contains(&(bytes.len() - i - 1))
-        })?;
-        (&bytes[..split], &bytes[split + 1..])
-    };
-    h[..name.len()].copy_from_slice(name);
-    let octal = |field: &mut [u8], value: u64| {
-        let digits = field.len() - 1;
-        let s = format!("{value:0digits$o}");
-        if s.len() > digits {
-            return false;
-        }
-        field[..digits].copy_from_slice(s.as_bytes());
-        true
-    };
-    let mode = if dir { DIR_MODE } else { FILE_MODE };
-    if !(octal(&mut h[100..108], u64::from(mode))
-        && octal(&mut h[108..116], 0)
-        && octal(&mut h[116..124], 0)
-        && octal(&mut h[124..136], size)
-        && octal(&mut h[136..148], MTIME))
-    {
-        return None;
-    }
-    h[156] = if dir { b'5' } else { b'0' };
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[265..269].copy_from_slice(b"root");
-    h[297..301].copy_from_slice(b"root");
-    h[345..345 + prefix.len()].copy_from_slice(prefix);
-    // The checksum is computed with its own field read as spaces.
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-    Some(h)
-}
-
 /// A tar archive of `entries` (path → contents; a path ending in `/` is a directory),
 /// in the map's order.
 fn tar(entries: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, ArtifactsError> {
-    let mut out = Vec::new();
+    let mut w = TarWriter::new(Vec::new());
     for (path, data) in entries {
-        let dir = path.ends_with('/');
-        let h = header(path, data.len() as u64, dir).ok_or_else(|| ArtifactsError::Input {
+        let written = if path.ends_with('/') {
+            w.append_dir(path, MTIME, DIR_MODE)
+        } else {
+            w.append(path, data.len() as u64, MTIME, FILE_MODE, &mut &data[..])
+        };
+        written.map_err(|e| ArtifactsError::Input {
             path: path.clone(),
-            reason: "path too long for a ustar header".into(),
+            reason: e.to_string(),
         })?;
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().next_multiple_of(BLOCK), 0);
     }
-    out.resize(out.len() + 2 * BLOCK, 0);
+    let mut out = w.finish().map_err(|e| ArtifactsError::Input {
+        path: "(archive)".into(),
+        reason: e.to_string(),
+    })?;
     out.resize(out.len().next_multiple_of(RECORD), 0);
     Ok(out)
 }
@@ -600,7 +559,9 @@ mod tests {
             ]
         );
         assert!(back[1].dir && !back[2].dir);
-        assert!(header(&"x".repeat(300), 0, false).is_none());
+        let mut too_long = BTreeMap::new();
+        too_long.insert("x".repeat(300), Vec::new());
+        assert!(tar(&too_long).is_err());
     }
 
     #[test]

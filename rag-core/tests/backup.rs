@@ -664,12 +664,7 @@ fn the_key_never_appears_in_any_output() {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not exported:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    series_value(text, name).unwrap_or_else(|| panic!("{name} not exported:\n{text}"))
 }
 
 async fn wait_for_events(s: &Server, event: &str, n: usize) -> Vec<Value> {
@@ -720,14 +715,7 @@ async fn scheduled_backups_run_keep_the_newest_and_export_metrics() {
     assert_eq!(st, 200);
     let done = wait_for_events(&s, "backup.completed", 4).await;
     let _ = wait_for_events(&s, "backup.pruned", 1).await;
-    let m = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &s).await;
     let last = metric(&m, "backup_last_success_timestamp_seconds");
     let now = chrono::Utc::now().timestamp() as f64;
     assert!((now - last).abs() < 30.0, "{last} vs {now}");
@@ -780,14 +768,7 @@ async fn scheduled_backups_run_keep_the_newest_and_export_metrics() {
             ..Options::default()
         },
     );
-    let m = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &s).await;
     let last = metric(&m, "backup_last_success_timestamp_seconds");
     assert!(last > 0.0 && (now - last).abs() < 60.0, "{last}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -829,14 +810,7 @@ async fn scheduled_backup_failures_are_logged_and_counted() {
     );
     assert_eq!(failed[0]["level"], "ERROR");
     let c = client();
-    let m = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &s).await;
     assert!(metric(&m, "backup_failures_total") >= 2.0);
     assert_eq!(metric(&m, "backup_last_success_timestamp_seconds"), 0.0);
     drop(s);

@@ -242,18 +242,7 @@ fn log_file(dir: &Path) -> Vec<Value> {
 }
 
 async fn metric(c: &reqwest::Client, s: &Server, series: &str) -> Option<f64> {
-    let text = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    series_value(&scrape(c, s).await, series)
 }
 
 fn past() -> String {

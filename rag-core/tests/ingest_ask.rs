@@ -487,16 +487,7 @@ async fn delete_and_batch_delete_remove_sources_from_answers() {
     assert_eq!(v["deleted"], json!([ids[1]]));
     assert_eq!(v["not_found"], json!(["src_missing"]));
     assert_eq!(source_count(&c, &s, k).await, 1);
-    let (_, m) = (
-        200,
-        c.get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let (_, m) = (200, scrape(&c, &s).await);
     assert!(m.contains("chunk_records_total 1"), "{m}");
 }
 
@@ -530,14 +521,7 @@ async fn chat_failure_falls_back_to_the_extractive_answer_and_is_counted() {
     assert_eq!(a["mode"], "extractive", "{a}");
     assert!(a["answer"].as_str().unwrap().contains("two minutes"));
     assert_eq!(a["citations"][0]["title"], "Tea");
-    let m = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &s).await;
     assert!(
         m.contains("external_request_errors_total{service=\"openai\",operation=\"chat\"} 1"),
         "{m}"

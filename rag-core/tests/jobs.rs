@@ -125,14 +125,7 @@ async fn retries_with_backoff_then_success() {
             "job log lines carry the submitting request id: {e}"
         );
     }
-    let metrics = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&c, &s).await;
     assert!(
         metrics.contains(r#"background_jobs_completed_total{name="test",status="failed"} 2"#),
         "{metrics}"
@@ -241,14 +234,7 @@ async fn idempotency_keys_return_the_same_job() {
     )
     .await;
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
-    let m = c
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = scrape(&c, &s).await;
     assert!(
         m.contains(r#"background_jobs_submitted_total{name="test"} 2"#),
         "{m}"

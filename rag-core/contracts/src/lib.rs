@@ -1,10 +1,12 @@
 //! The contracts between rag-core and minirag-agent (DESIGN §4) that are code rather than
 //! documents: request-id rules, W3C trace context, the log timestamp format, the
-//! rotation scheme the log shipper expects, and how config files are read. Both programs depend on this one definition.
+//! rotation scheme the log shipper expects, how config files are read, and the tar
+//! format both programs write. Both programs depend on this one definition.
 
 pub mod ids;
 pub mod net;
 pub mod rotate;
+pub mod tar;
 pub mod yaml;
 
 use std::cell::RefCell;

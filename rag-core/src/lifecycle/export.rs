@@ -22,7 +22,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::tar::TarWriter;
+use minirag_contracts::tar::TarWriter;
+
+/// Members are plain data files, readable by whoever extracts the archive.
+const MEMBER_MODE: u32 = 0o644;
 use super::{LifecycleError, origin_from, parse_payload, plausible_id};
 use crate::api::AppState;
 use crate::audit;
@@ -506,6 +509,7 @@ fn write_archive(inp: &Inputs, progress: &Progress) -> Result<Written, Lifecycle
             "manifest.json",
             manifest.len() as u64,
             mtime,
+            MEMBER_MODE,
             &mut &manifest[..],
         )?;
         for m in &members {
@@ -513,7 +517,7 @@ fn write_archive(inp: &Inputs, progress: &Progress) -> Result<Written, Lifecycle
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "export stopped"));
             }
             let mut f = BufReader::with_capacity(1 << 16, File::open(&m.path)?);
-            tar.append(m.name, m.bytes, mtime, &mut f)?;
+            tar.append(m.name, m.bytes, mtime, MEMBER_MODE, &mut f)?;
         }
         let mut out = tar.finish()?.finish()?;
         out.flush()?;

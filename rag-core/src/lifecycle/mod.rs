@@ -13,7 +13,6 @@ pub mod config;
 pub mod delete;
 pub mod export;
 pub mod retention;
-mod tar;
 
 pub use config::LifecycleConfig;
 

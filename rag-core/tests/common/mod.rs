@@ -281,6 +281,11 @@ pub fn make_pdf(pages: &[&str]) -> Vec<u8> {
             stream.len()
         ));
     }
+    pdf_from_objects(&objects)
+}
+
+/// A PDF file of numbered objects (object 1 is the catalog) with a correct xref table.
+pub fn pdf_from_objects(objects: &[String]) -> Vec<u8> {
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, obj) in objects.iter().enumerate() {
@@ -328,4 +333,24 @@ pub fn assert_log_schema<'a>(lines: impl IntoIterator<Item = &'a Value>) {
         }
     }
     assert!(seen > 0, "no log lines to check");
+}
+
+/// The server's `/metrics` text.
+pub async fn scrape(c: &reqwest::Client, s: &Server) -> String {
+    c.get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series, named exactly as exposed (`name{labels}`); an exemplar after
+/// the value is ignored.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
