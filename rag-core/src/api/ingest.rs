@@ -89,7 +89,7 @@ pub async fn ingest_text(
     ApiJson(body): ApiJson<IngestText>,
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
-    crate::billing::guard(&state, &p).await?;
+    crate::billing::guard(&p)?;
     check_count(&state, body.documents.len())?;
     let max = state.cfg.limits.max_document_bytes;
     let mut inputs = Vec::with_capacity(body.documents.len());
@@ -187,7 +187,7 @@ pub async fn ingest_files(
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
     // Before the upload is read: a blocked organization should not spend our bandwidth.
-    crate::billing::guard(&state, &p).await?;
+    crate::billing::guard(&p)?;
     let max_bytes = state.cfg.limits.max_document_bytes;
     let max_files = state.cfg.limits.max_documents_per_request;
     let mut files: Vec<(String, Format, Vec<u8>)> = Vec::new();
@@ -315,7 +315,7 @@ pub async fn ingest_urls(
     ApiJson(body): ApiJson<IngestUrls>,
 ) -> Result<Response, ApiError> {
     let p = auth.require(Scope::Write)?.clone();
-    crate::billing::guard(&state, &p).await?;
+    crate::billing::guard(&p)?;
     check_count(&state, body.urls.len())?;
     let items: Vec<(String, Option<String>)> = body
         .urls

@@ -43,21 +43,16 @@ pub async fn principal(
     let p = auth?.0;
     // The effective status (an ended trial reads `expired`), so the agent's early 402
     // agrees with the guard's; `billing_blocked_reason` says why, null when not blocked.
-    let org = p.organization_id.clone();
-    let billing = state
-        .store
-        .read(move |c| crate::billing::load(c, &org))
-        .await?
-        .ok_or_else(ApiError::internal)?;
-    let now = chrono::Utc::now();
+    let (blocked_reason, billing_status) =
+        crate::billing::principal_billing(&p, chrono::Utc::now());
     Ok(axum::Json(json!({
         "user_id": p.user_id,
         "workspace_id": p.workspace_id,
         "organization_id": p.organization_id,
         "role": p.role,
         "plan": p.plan,
-        "billing_status": billing.effective_status(now),
-        "billing_blocked_reason": billing.blocked_reason(now),
+        "billing_status": billing_status,
+        "billing_blocked_reason": blocked_reason,
         "scopes": p.scopes,
         "usage": {"chunk_total": p.chunk_total, "chunk_limit": p.chunk_limit},
         "request_id": ctx.request_id,

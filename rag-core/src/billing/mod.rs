@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 
 pub use config::BillingConfig;
 
-use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::store::StoreError;
 use crate::tenancy::Principal;
@@ -101,30 +100,58 @@ fn status_reason(status: &str) -> &'static str {
     }
 }
 
+/// Why ingest is refused now, if it is. An unreadable timestamp counts as unset: only
+/// hand-edited rows can hold one, and refusing paying customers over it is worse.
+fn blocked_reason(
+    status: &str,
+    trial_ends_at: &Option<String>,
+    subscription_expires_at: &Option<String>,
+    now: DateTime<Utc>,
+) -> Option<&'static str> {
+    let passed = |t: &Option<String>| t.as_deref().and_then(parse_time).is_some_and(|t| t <= now);
+    match status {
+        "trialing" if passed(trial_ends_at) => Some("trial_ended"),
+        "trialing" | "active" if passed(subscription_expires_at) => Some("subscription_expired"),
+        "trialing" | "active" => None,
+        other => Some(status_reason(other)),
+    }
+}
+
+/// The status that holds now: a trial or subscription whose end has passed is `expired`.
+fn effective_status<'a>(status: &'a str, reason: Option<&str>) -> &'a str {
+    match reason {
+        Some("trial_ended" | "subscription_expired") => "expired",
+        _ => status,
+    }
+}
+
+/// The caller's organization's blocked reason and effective status now, from the
+/// principal (resolved with the billing columns, so no second read).
+pub fn principal_billing(p: &Principal, now: DateTime<Utc>) -> (Option<&'static str>, &str) {
+    let reason = blocked_reason(
+        &p.billing_status,
+        &p.trial_ends_at,
+        &p.subscription_expires_at,
+        now,
+    );
+    (reason, effective_status(&p.billing_status, reason))
+}
+
 impl BillingState {
-    /// Why ingest is refused now, if it is. An unreadable timestamp counts as unset: only
-    /// hand-edited rows can hold one, and refusing paying customers over it is worse.
     pub fn blocked_reason(&self, now: DateTime<Utc>) -> Option<&'static str> {
-        let passed =
-            |t: &Option<String>| t.as_deref().and_then(parse_time).is_some_and(|t| t <= now);
-        match self.status.as_str() {
-            "trialing" if passed(&self.trial_ends_at) => Some("trial_ended"),
-            "trialing" | "active" if passed(&self.subscription_expires_at) => {
-                Some("subscription_expired")
-            }
-            "trialing" | "active" => None,
-            other => Some(status_reason(other)),
-        }
+        blocked_reason(
+            &self.status,
+            &self.trial_ends_at,
+            &self.subscription_expires_at,
+            now,
+        )
     }
 
     /// The status that holds now: a trial or subscription whose end has passed is
-    /// `expired` even before any webhook says so. The agent reads this one, so its
-    /// early 402 (`billing_blocked_statuses`, default canceled and expired) agrees.
+    /// `expired` even before any webhook says so. The agent reads this one (through the
+    /// principal), so its early 402 (`billing_blocked_statuses`) agrees.
     pub fn effective_status(&self, now: DateTime<Utc>) -> &str {
-        match self.blocked_reason(now) {
-            Some("trial_ended" | "subscription_expired") => "expired",
-            _ => &self.status,
-        }
+        effective_status(&self.status, self.blocked_reason(now))
     }
 
     /// What the audit trail records as before/after.
@@ -235,19 +262,14 @@ fn refusal_message(reason: &str, status: &str) -> String {
 }
 
 /// The ingest guard: 402 `billing_blocked` when the caller's organization may not ingest
-/// now. Called by every ingest entry point before it reads or queues anything.
-pub async fn guard(state: &AppState, p: &Principal) -> Result<(), ApiError> {
-    let org = p.organization_id.clone();
-    let Some(billing) = state.store.read(move |c| load(c, &org)).await? else {
-        // The key resolved a moment ago, so the organization exists; a missing row is a
-        // store problem, not a reason to let ingest through unchecked.
-        return Err(ApiError::internal());
-    };
-    let now = Utc::now();
-    let Some(reason) = billing.blocked_reason(now) else {
+/// now. Called by every ingest entry point before it reads or queues anything; the
+/// principal was resolved from the store for this request, so it is as fresh as a read.
+pub fn guard(p: &Principal) -> Result<(), ApiError> {
+    let (reason, status) = principal_billing(p, Utc::now());
+    let Some(reason) = reason else {
         return Ok(());
     };
-    let status = billing.effective_status(now).to_string();
+    let status = status.to_string();
     tracing::warn!(
         event = "billing.blocked",
         reason,

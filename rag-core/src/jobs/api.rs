@@ -273,7 +273,7 @@ pub async fn submit(
         Some(JobKind::IngestText | JobKind::IngestFiles | JobKind::IngestUrls)
     ) {
         // Ingest submitted as a job is still ingest: the billing guard applies here too.
-        crate::billing::guard(&state, &p).await?;
+        crate::billing::guard(&p)?;
     }
     let kind = match JobKind::parse(&body.name) {
         Some(JobKind::Embed) => JobKind::Embed,

@@ -95,6 +95,12 @@ pub struct Principal {
     pub organization_id: String,
     pub plan: String,
     pub billing_status: String,
+    /// The organization's trial and subscription ends, so the billing guard decides from
+    /// the principal without another read.
+    #[serde(skip)]
+    pub trial_ends_at: Option<String>,
+    #[serde(skip)]
+    pub subscription_expires_at: Option<String>,
     pub scopes: Vec<Scope>,
     pub chunk_total: i64,
     pub chunk_limit: i64,
@@ -122,7 +128,8 @@ pub fn resolve_key(conn: &Connection, presented: &str) -> Result<Option<Principa
     let row = conn
         .query_row(
             "SELECT k.id, k.hash, k.scopes, k.revoked_at, u.id, u.role, w.id, w.seq, \
-                    o.id, o.plan, o.billing_status, w.chunk_count, w.chunk_limit \
+                    o.id, o.plan, o.billing_status, w.chunk_count, w.chunk_limit, \
+                    o.trial_ends_at, o.subscription_expires_at \
              FROM api_keys k JOIN users u ON u.id = k.user_id \
              JOIN workspaces w ON w.id = k.workspace_id \
              JOIN organizations o ON o.id = w.organization_id \
@@ -143,6 +150,8 @@ pub fn resolve_key(conn: &Connection, presented: &str) -> Result<Option<Principa
                     r.get::<_, String>(10)?,
                     r.get::<_, i64>(11)?,
                     r.get::<_, i64>(12)?,
+                    r.get::<_, Option<String>>(13)?,
+                    r.get::<_, Option<String>>(14)?,
                 ))
             },
         )
@@ -161,6 +170,8 @@ pub fn resolve_key(conn: &Connection, presented: &str) -> Result<Option<Principa
         billing,
         count,
         limit,
+        trial_ends_at,
+        subscription_expires_at,
     )) = row
     else {
         return Ok(None);
@@ -183,6 +194,8 @@ pub fn resolve_key(conn: &Connection, presented: &str) -> Result<Option<Principa
         organization_id: org_id,
         plan,
         billing_status: billing,
+        trial_ends_at,
+        subscription_expires_at,
         scopes,
         chunk_total: count,
         chunk_limit: limit,
