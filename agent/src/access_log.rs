@@ -48,6 +48,120 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a str>,
 }
 
+thread_local! {
+    /// Per-thread scratch for encoding a line before it is appended under the lock.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl AccessRecord<'_> {
+    /// The record as one JSON object, byte for byte what `serde_json` writes for the
+    /// derived `Serialize` (tested), without its per-field machinery: this runs once per
+    /// proxied request.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        key(out, "timestamp", true);
+        string(out, &self.timestamp);
+        key(out, "level", false);
+        string(out, self.level);
+        key(out, "logger", false);
+        string(out, self.logger);
+        key(out, "message", false);
+        string(out, self.message);
+        key(out, "event", false);
+        string(out, self.event);
+        key(out, "request_id", false);
+        string(out, self.request_id);
+        key(out, "trace_id", false);
+        string(out, self.trace_id);
+        key(out, "span_id", false);
+        string(out, self.span_id);
+        key(out, "parent_span_id", false);
+        opt_string(out, self.parent_span_id);
+        key(out, "user_id", false);
+        opt_string(out, self.user_id);
+        key(out, "workspace_id", false);
+        opt_string(out, self.workspace_id);
+        key(out, "organization_id", false);
+        opt_string(out, self.organization_id);
+        key(out, "route", false);
+        string(out, self.route);
+        key(out, "method", false);
+        string(out, self.method);
+        key(out, "path", false);
+        string(out, self.path);
+        key(out, "status_code", false);
+        integer(out, u64::from(self.status_code));
+        key(out, "duration_ms", false);
+        float(out, self.duration_ms);
+        key(out, "upstream_ms", false);
+        match self.upstream_ms {
+            Some(v) => float(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+        key(out, "bytes_in", false);
+        integer(out, self.bytes_in);
+        key(out, "bytes_out", false);
+        integer(out, self.bytes_out);
+        key(out, "client_addr", false);
+        string(out, &self.client_addr);
+        key(out, "user_agent", false);
+        opt_string(out, self.user_agent);
+        key(out, "protocol", false);
+        string(out, self.protocol);
+        key(out, "outcome", false);
+        string(out, self.outcome);
+        key(out, "error", false);
+        opt_string(out, self.error);
+        out.push(b'}');
+    }
+}
+
+fn key(out: &mut Vec<u8>, name: &str, first: bool) {
+    if !first {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Almost every value needs no escaping; the rare one goes through serde_json.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn integer(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn float(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
 struct Shared {
     buf: Mutex<Vec<u8>>,
     wake: Condvar,
@@ -117,10 +231,15 @@ impl AccessLog {
 
     pub fn write(&self, record: &AccessRecord<'_>) {
         let Some(shared) = &self.shared else { return };
-        let Ok(mut line) = serde_json::to_vec(record) else {
-            return;
-        };
-        line.push(b'\n');
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            record.encode(line);
+            line.push(b'\n');
+            self.append(shared, line);
+        });
+    }
+
+    fn append(&self, shared: &Shared, line: &[u8]) {
         let mut buf = match shared.buf.lock() {
             Ok(b) => b,
             Err(p) => p.into_inner(),
@@ -131,7 +250,7 @@ impl AccessLog {
             return;
         }
         let before = buf.len();
-        buf.extend_from_slice(&line);
+        buf.extend_from_slice(line);
         let crossed = before < WAKE_AT_BYTES && buf.len() >= WAKE_AT_BYTES;
         drop(buf);
         if crossed {
@@ -209,7 +328,49 @@ fn writer(shared: &Shared, stdout: bool, mut file: Option<RotatingFile>, interva
 
 #[cfg(test)]
 mod tests {
-    use super::pieces;
+    use super::{AccessRecord, pieces};
+
+    #[test]
+    fn hand_encoding_matches_serde_json() {
+        let ua = "curl/8 \"quoted\" \\ tab\t and \u{1} ünïcode";
+        let mut record = AccessRecord {
+            timestamp: "2026-12-06T01:02:03.456Z".into(),
+            level: "INFO",
+            logger: "minirag_agent.access",
+            message: "request proxied",
+            event: "http.access",
+            request_id: "req-1",
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+            span_id: "b7ad6b7169203331",
+            parent_span_id: Some("00f067aa0ba902b7"),
+            user_id: None,
+            workspace_id: Some("ws_1"),
+            organization_id: None,
+            route: "ask",
+            method: "POST",
+            path: "/api/v1/ask",
+            status_code: 200,
+            duration_ms: 1.234,
+            upstream_ms: Some(0.5),
+            bytes_in: 0,
+            bytes_out: 18_446_744_073_709_551_615,
+            client_addr: "127.0.0.1:4000".into(),
+            user_agent: Some(ua),
+            protocol: "HTTP/1.1",
+            outcome: "success",
+            error: None,
+        };
+        for (duration, upstream) in [(1.234, Some(0.5)), (2.0, None), (0.0, Some(1e-7)), (123456.789, Some(3.0))] {
+            record.duration_ms = duration;
+            record.upstream_ms = upstream;
+            let mut ours = Vec::new();
+            record.encode(&mut ours);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn batches_split_only_at_line_ends() {

@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
 use serde_json::{Map, Value};
 
 pub fn json_error(
@@ -12,13 +11,13 @@ pub fn json_error(
     message: &str,
     request_id: &str,
     extra: Map<String, Value>,
-) -> Response<Full<Bytes>> {
+) -> Response<Bytes> {
     let mut body = Map::new();
     body.insert("error".into(), code.into());
     body.insert("message".into(), message.into());
     body.insert("request_id".into(), request_id.into());
     body.extend(extra);
-    let mut resp = Response::new(Full::new(Bytes::from(Value::Object(body).to_string())));
+    let mut resp = Response::new(Bytes::from(Value::Object(body).to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

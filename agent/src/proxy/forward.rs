@@ -42,13 +42,18 @@ impl Upstream {
 
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
+/// Idle upstream connections kept per pool (hyper's and the HTTP/1.1 fast path's), and
+/// how long one may sit unused.
+pub const POOL_MAX_IDLE: usize = 256;
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub fn client(connect_timeout: Duration) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
         .build(connector)
 }
 

@@ -5,19 +5,20 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::config::SecurityHeaders;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are about one connection and never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Names built at compile time: removing by `&str` would hash a parsed name per call.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Identity the agent or rag-core asserts; a client sending them is trying to spoof.
-const CLIENT_FORBIDDEN: [&str; 1] = ["x-internal-token"];
+const CLIENT_FORBIDDEN: [HeaderName; 1] = [HeaderName::from_static("x-internal-token")];
 const CLIENT_FORBIDDEN_PREFIX: &str = "x-minirag-";
 
 pub fn is_upgrade(h: &HeaderMap) -> bool {
@@ -34,18 +35,21 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including any the Connection header names. For an
 /// upgrade, `Connection: upgrade` and `Upgrade` are kept: they are the point.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
+    let named: Vec<HeaderName> = if !h.contains_key(header::CONNECTION) {
+        Vec::new()
+    } else {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect()
+    };
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     if keep_upgrade {
@@ -56,7 +60,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 pub fn strip_client_identity(h: &mut HeaderMap) {
-    for n in CLIENT_FORBIDDEN {
+    for n in &CLIENT_FORBIDDEN {
         h.remove(n);
     }
     let spoofed: Vec<HeaderName> = h

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod errors;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod routes;
 pub mod server;

@@ -135,7 +135,12 @@ impl RouteTable {
 
 /// Collapses repeated slashes and resolves `.`/`..` segments; percent-decodes nothing but
 /// treats `%2e`/`%2f` as suspicious by decoding them for the comparison.
-pub fn normalize(path: &str) -> String {
+pub fn normalize(path: &str) -> std::borrow::Cow<'_, str> {
+    // The common case has nothing to resolve: no copy.
+    if path.starts_with('/') && !path.contains('%') && !path.contains("//") && !path.contains("/.")
+    {
+        return std::borrow::Cow::Borrowed(path);
+    }
     let decoded = path
         .replace("%2e", ".")
         .replace("%2E", ".")
@@ -155,7 +160,7 @@ pub fn normalize(path: &str) -> String {
     if decoded.ends_with('/') && s.len() > 1 {
         s.push('/');
     }
-    s
+    std::borrow::Cow::Owned(s)
 }
 
 /// Which ingest source a path names (for `ingest_operations_total{source}`).

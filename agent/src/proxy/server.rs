@@ -1,5 +1,7 @@
 //! Accept loop: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one port, with the head
-//! limits and timeouts of `limits`, connections tracked for a graceful drain.
+//! limits and timeouts of `limits`, connections tracked for a graceful drain. Plain-TCP
+//! connections start on the HTTP/1.1 fast path (`super::h1`), which hands anything else
+//! to hyper; TLS connections go to hyper directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,43 +56,50 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        // Limits come from the current config, so a reload applies to new connections.
-        let limits = proxy.current().cfg.limits.clone();
-        let builder = connection_builder(&limits);
         let info = ConnInfo {
             remote,
             tls: tls.is_some(),
         };
-        let svc_proxy = Arc::clone(&proxy);
-        let service = service_fn(move |req| handle(Arc::clone(&svc_proxy), info, req));
+        let watcher = graceful.watcher();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                tokio::spawn(super::h1::serve(
+                    stream,
+                    info,
+                    Arc::clone(&proxy),
+                    stop.clone(),
+                    watcher,
+                ));
             }
             Some(acceptor) => {
                 // The handshake gets the same budget as a request head.
-                let handshake = tokio::time::timeout(
-                    Duration::from_millis(limits.header_read_timeout_ms),
-                    acceptor.accept(stream),
-                );
-                let watcher = graceful.watcher();
+                let budget =
+                    Duration::from_millis(proxy.current().cfg.limits.header_read_timeout_ms);
+                let handshake = tokio::time::timeout(budget, acceptor.accept(stream));
+                let proxy = Arc::clone(&proxy);
                 tokio::spawn(async move {
                     let Ok(Ok(tls_stream)) = handshake.await else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    serve_hyper(tls_stream, info, proxy, watcher).await;
                 });
             }
         }
     }
     graceful
+}
+
+/// Serves a connection with hyper (HTTP/1.1 or HTTP/2, upgrades allowed) until it ends
+/// or the graceful drain closes it. Limits come from the current config, so a reload
+/// applies to new connections.
+pub(super) async fn serve_hyper<I>(io: I, info: ConnInfo, proxy: Arc<Proxy>, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = connection_builder(&proxy.current().cfg.limits);
+    let service = service_fn(move |req| handle(Arc::clone(&proxy), info, req));
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    let _ = watcher.watch(conn).await;
 }

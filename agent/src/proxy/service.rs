@@ -47,7 +47,10 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// What lives for the whole process: the upstream connection pool, the metrics, the
 /// identity cache and the quota budgets (a config reload must not reset budgets).
 pub struct Proxy {
+    /// hyper's pool: HTTP/2, TLS and upgraded connections, and identity lookups.
     pub client: UpstreamClient,
+    /// The HTTP/1.1 fast path's own keep-alive connections.
+    pub pool: super::h1::Pool,
     pub metrics: Arc<Metrics>,
     pub identity: Option<Identity>,
     pub limiter: Backend,
@@ -119,6 +122,7 @@ impl Proxy {
             limiter: Backend::new(&dynamic.cfg.quotas, Arc::clone(&metrics))?,
             quota_events: QuotaEvents::new(dynamic.cfg.quotas.max_tracked_budgets),
             concurrency: Default::default(),
+            pool: super::h1::Pool::new(forward::POOL_MAX_IDLE, forward::POOL_IDLE_TIMEOUT),
             client,
             metrics,
             identity,
@@ -151,27 +155,27 @@ pub struct ConnInfo {
 }
 
 /// Recorded once, when the response body ends (or the client goes away).
-struct Completion {
-    proxy: Arc<Proxy>,
+pub(super) struct Completion {
+    pub(super) proxy: Arc<Proxy>,
     dynamic: Arc<Dynamic>,
-    ids: RequestIds,
-    class: RouteClass,
+    pub(super) ids: RequestIds,
+    pub(super) class: RouteClass,
     method: http::Method,
-    path: String,
-    status: u16,
+    pub(super) path: String,
+    pub(super) status: u16,
     started: Instant,
-    upstream_ms: Option<f64>,
+    pub(super) upstream_ms: Option<f64>,
     /// When the upstream call started, its status and failure kind (for the CLIENT span).
-    upstream_started: Option<Instant>,
-    upstream_status: Option<u16>,
-    upstream_error: Option<&'static str>,
+    pub(super) upstream_started: Option<Instant>,
+    pub(super) upstream_status: Option<u16>,
+    pub(super) upstream_error: Option<&'static str>,
     /// Host the client addressed; kept only for sampled requests (span attribute).
     server_address: Option<String>,
-    bytes_in: Arc<AtomicU64>,
+    pub(super) bytes_in: Arc<AtomicU64>,
     conn: ConnInfo,
     user_agent: Option<String>,
     protocol: &'static str,
-    error: Option<&'static str>,
+    pub(super) error: Option<&'static str>,
     _permit: Option<OwnedSemaphorePermit>,
     /// The workspace's `concurrent_requests` slot, held until the body ends.
     _slot: Option<crate::quota::concurrency::Slot>,
@@ -231,7 +235,7 @@ impl Drop for Completion {
 }
 
 impl Completion {
-    fn record(&mut self, end: BodyEnd, bytes_out: u64) {
+    pub(super) fn record(&mut self, end: BodyEnd, bytes_out: u64) {
         self.recorded = true;
         let m = &self.proxy.metrics;
         let secs = self.started.elapsed().as_secs_f64();
@@ -442,21 +446,38 @@ fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
     resp.map(|b| b.map_err(|never| match never {}).boxed())
 }
 
-pub async fn handle(
-    proxy: Arc<Proxy>,
-    conn: ConnInfo,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+/// What both HTTP stacks know about a request before its body is touched.
+pub(super) struct RequestFacts<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    /// The authority of an absolute-form target (HTTP/2 `:authority`), if any.
+    pub uri_host: Option<&'a str>,
+    pub protocol: &'static str,
+}
+
+/// A request past its edge checks (or refused by one): the config snapshot it runs with,
+/// its ids, and the record written when its response ends.
+pub(super) struct Begun {
+    pub dynamic: Arc<Dynamic>,
+    /// Also holds the request's ids (`done.ids`).
+    pub done: Completion,
+    pub admitted: Result<(), Refusal>,
+}
+
+/// The steps every request takes before its upstream call, whichever HTTP stack carries
+/// it (DESIGN §3 steps 1–6): ids and trace context, route class and the in-flight gauge,
+/// the path guard, load shedding, identity and quotas, and the declared body size.
+pub(super) async fn begin(proxy: &Arc<Proxy>, conn: ConnInfo, req: RequestFacts<'_>) -> Begun {
     let started = Instant::now();
     let dynamic = proxy.current();
     let ids = RequestIds::from_headers(
-        req.headers(),
+        req.headers,
         dynamic.cfg.request_id.trust_incoming,
         proxy.tracing.as_ref(),
     );
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let class = dynamic.routes.classify(&method, &path);
+    let class = dynamic.routes.classify(req.method, req.path);
+    let sampled = ids.sampled;
     proxy
         .metrics
         .in_flight
@@ -464,37 +485,36 @@ pub async fn handle(
             class: class.as_str(),
         })
         .inc();
-    let bytes_in = Arc::new(AtomicU64::new(0));
     let mut done = Completion {
-        proxy: Arc::clone(&proxy),
+        proxy: Arc::clone(proxy),
         dynamic: Arc::clone(&dynamic),
-        ids: ids.clone(),
+        ids,
         class,
-        method: method.clone(),
-        path: path.clone(),
+        method: req.method.clone(),
+        path: req.path.to_owned(),
         status: 0,
         started,
         upstream_ms: None,
         upstream_started: None,
         upstream_status: None,
         upstream_error: None,
-        server_address: if ids.sampled {
-            req.headers()
+        server_address: if sampled {
+            req.headers
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .or_else(|| req.uri().host())
+                .or(req.uri_host)
                 .map(|h| h.split(':').next().unwrap_or(h).to_owned())
         } else {
             None
         },
-        bytes_in: Arc::clone(&bytes_in),
+        bytes_in: Arc::new(AtomicU64::new(0)),
         conn,
         user_agent: req
-            .headers()
+            .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        protocol: protocol_name(req.version()),
+        protocol: req.protocol,
         error: None,
         _permit: None,
         _slot: None,
@@ -503,45 +523,21 @@ pub async fn handle(
         quota: None,
         error_extra: serde_json::Map::new(),
     };
-
-    let resp = match forward_request(&proxy, &dynamic, &ids, conn, req, &bytes_in, &mut done).await
-    {
-        Ok(r) => r,
-        Err((status, code, message)) => {
-            done.error = Some(code);
-            let extra = std::mem::take(&mut done.error_extra);
-            full(json_error(status, code, message, &ids.request_id, extra))
-        }
-    };
-    let (mut parts, body) = resp.into_parts();
-    if let Some(q) = &done.quota {
-        q.headers(&mut parts.headers);
+    let admitted = edge_checks(proxy, &dynamic, &req, &mut done).await;
+    Begun {
+        dynamic,
+        done,
+        admitted,
     }
-    if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
-        parts.headers.insert(X_REQUEST_ID, v);
-    }
-    dynamic
-        .security
-        .apply(&mut parts.headers, conn.tls, path.starts_with("/api/"));
-    done.status = parts.status.as_u16();
-    let idle = Duration::from_millis(dynamic.cfg.timeouts.body_idle_ms);
-    let body = RecordBody::new(body, idle, Box::new(done)).boxed();
-    Ok(Response::from_parts(parts, body))
 }
 
-type Refusal = (StatusCode, &'static str, &'static str);
-
-async fn forward_request(
+async fn edge_checks(
     proxy: &Arc<Proxy>,
     dynamic: &Dynamic,
-    ids: &RequestIds,
-    conn: ConnInfo,
-    mut req: Request<Incoming>,
-    bytes_in: &Arc<AtomicU64>,
+    req: &RequestFacts<'_>,
     done: &mut Completion,
-) -> Result<Response<ProxyBody>, Refusal> {
-    let class = done.class.as_str();
-    if dynamic.routes.is_blocked(req.method(), req.uri().path()) {
+) -> Result<(), Refusal> {
+    if dynamic.routes.is_blocked(req.method, req.path) {
         return Err((StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
     let permit = match Arc::clone(&dynamic.inflight).try_acquire_owned() {
@@ -556,46 +552,62 @@ async fn forward_request(
         }
     };
     done._permit = Some(permit);
-    admit(proxy, dynamic, &req, done).await?;
-    let max_body = dynamic.cfg.limits.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
+    admit(proxy, dynamic, req, done).await?;
+    if declared_length(req.headers).is_some_and(|n| n > dynamic.cfg.limits.max_body_bytes) {
         return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             "request body is larger than the proxy allows",
         ));
     }
+    Ok(())
+}
 
-    let upgrade = headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let uri = dynamic.upstream.uri_for(&path_and_query).map_err(|_| {
-        (
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "request target is not a valid path",
-        )
-    })?;
+pub(super) fn declared_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
 
-    // Build the upstream request from the client's, owning its body.
-    let (mut parts, body) = req.into_parts();
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::strip_client_identity(&mut parts.headers);
+/// The agent's own answer to a refused or failed request.
+pub(super) fn refusal_response(done: &mut Completion, r: Refusal) -> Response<Bytes> {
+    let (status, code, message) = r;
+    done.error = Some(code);
+    let extra = std::mem::take(&mut done.error_extra);
+    json_error(status, code, message, &done.ids.request_id, extra)
+}
+
+/// Headers the agent adds to every response it sends: RateLimit, the request id and the
+/// configured security headers.
+pub(super) fn response_headers(
+    done: &Completion,
+    dynamic: &Dynamic,
+    h: &mut http::HeaderMap,
+) {
+    if let Some(q) = &done.quota {
+        q.headers(h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&done.ids.request_id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    dynamic
+        .security
+        .apply(h, done.conn.tls, done.path.starts_with("/api/"));
+}
+
+/// Rewrites a client's request headers for the upstream hop: hop-by-hop and identity
+/// headers out, the request id, trace context and `X-Forwarded-*` in, `Host` removed
+/// (the upstream's authority is set by the caller).
+pub(super) fn upstream_headers(
+    dynamic: &Dynamic,
+    ids: &RequestIds,
+    conn: ConnInfo,
+    h: &mut http::HeaderMap,
+    original_host: Option<HeaderValue>,
+    upgrade: bool,
+) {
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::strip_client_identity(h);
     if dynamic.cfg.identity.provider == crate::config::IdentityProvider::TrustedHeaders {
         // Custom names too: what the gateway asserted was for us, not for rag-core.
         let t = &dynamic.cfg.identity.trusted_headers;
@@ -606,10 +618,9 @@ async fn forward_request(
             &t.plan,
             &t.billing_status,
         ] {
-            parts.headers.remove(name.as_str());
+            h.remove(name.as_str());
         }
     }
-    let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(&ids.request_id) {
         h.insert(X_REQUEST_ID, v);
     }
@@ -636,14 +647,98 @@ async fn forward_request(
         h.insert(X_FORWARDED_HOST, host);
     }
     h.remove(header::HOST);
+}
+
+/// The hyper service: HTTP/2, TLS, upgrades and whatever the HTTP/1.1 fast path
+/// (`super::h1`) hands over.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let Begun {
+        dynamic,
+        mut done,
+        admitted,
+    } = {
+        let path = req.uri().path().to_owned();
+        begin(
+            &proxy,
+            conn,
+            RequestFacts {
+                method: req.method(),
+                path: &path,
+                headers: req.headers(),
+                uri_host: req.uri().host(),
+                protocol: protocol_name(req.version()),
+            },
+        )
+        .await
+    };
+    let result = match admitted {
+        Ok(()) => forward_request(&proxy, &dynamic, conn, req, &mut done).await,
+        Err(r) => Err(r),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(r) => full(refusal_response(&mut done, r).map(Full::new)),
+    };
+    let (mut parts, body) = resp.into_parts();
+    response_headers(&done, &dynamic, &mut parts.headers);
+    done.status = parts.status.as_u16();
+    let idle = Duration::from_millis(dynamic.cfg.timeouts.body_idle_ms);
+    let body = RecordBody::new(body, idle, Box::new(done)).boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+pub(super) type Refusal = (StatusCode, &'static str, &'static str);
+
+async fn forward_request(
+    proxy: &Arc<Proxy>,
+    dynamic: &Dynamic,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    done: &mut Completion,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let class = done.class.as_str();
+    let max_body = dynamic.cfg.limits.max_body_bytes;
+    let bytes_in = Arc::clone(&done.bytes_in);
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let uri = dynamic.upstream.uri_for(&path_and_query).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request target is not a valid path",
+        )
+    })?;
+
+    // Build the upstream request from the client's, owning its body.
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    upstream_headers(
+        dynamic,
+        &done.ids,
+        conn,
+        &mut parts.headers,
+        original_host,
+        upgrade,
+    );
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let body = Limited::new(
-        CountingBody::new(body, Arc::clone(bytes_in)),
-        max_body as usize,
-    )
-    .map_err(|e| -> forward::BoxError { e })
-    .boxed();
+    let body = Limited::new(CountingBody::new(body, bytes_in), max_body as usize)
+        .map_err(|e| -> forward::BoxError { e })
+        .boxed();
     let upstream_req = Request::from_parts(parts, body);
 
     let upstream_started = Instant::now();
@@ -733,7 +828,7 @@ fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
 async fn admit(
     proxy: &Proxy,
     dynamic: &Dynamic,
-    req: &Request<Incoming>,
+    req: &RequestFacts<'_>,
     done: &mut Completion,
 ) -> Result<(), Refusal> {
     let Some(identity) = &proxy.identity else {
@@ -742,13 +837,13 @@ async fn admit(
     if dynamic
         .anonymous
         .iter()
-        .any(|p| p.matches(req.method(), req.uri().path()))
+        .any(|p| p.matches(req.method, req.path))
     {
         return Ok(());
     }
     let principal = match identity
         .resolve(
-            req.headers(),
+            req.headers,
             done.conn.remote.ip(),
             &proxy.client,
             &dynamic.upstream,
@@ -833,11 +928,7 @@ async fn admit(
         }
     }
     // Byte budgets spend the declared body size; without one it cannot be checked first.
-    let declared_bytes = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared_bytes = declared_length(req.headers);
     let mut budgets: Vec<Budget> = Vec::with_capacity(8);
     for m in Metric::for_class(done.class) {
         let ws_limit = limits.limit(*m);

@@ -69,20 +69,32 @@ impl TraceParent {
 pub fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
+    let mut buf = uuid::Uuid::encode_buffer();
     uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
-        .to_string()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
-/// Random lowercase hex of `bytes` bytes, never all zeros (W3C forbids zero ids).
+/// Random lowercase hex of `bytes` bytes (at most 32), never all zeros (W3C forbids zero
+/// ids).
 pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    let buf = &mut buf[..bytes.min(32)];
     loop {
-        rand::rng().fill_bytes(&mut buf);
+        rand::rng().fill_bytes(buf);
         if buf.iter().any(|b| *b != 0) {
-            return hex::encode(&buf);
+            break;
         }
     }
+    let mut out = String::with_capacity(buf.len() * 2);
+    for b in buf.iter() {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 #[cfg(test)]
