@@ -1,11 +1,14 @@
 //! Trace export for both programs (DESIGN §4.3 environment variables, tracing issue).
 //!
-//! The OpenTelemetry SDK gives the data model, samplers and the OTLP exporters; what this
+//! The OpenTelemetry SDK gives the data model, samplers and the gRPC exporter; what this
 //! crate adds is the policy both programs share: the `OTEL_*` switches, a batch processor
-//! whose queue is bounded and never blocks the caller (a full queue drops and counts), and
-//! a console exporter for local work when no endpoint is set.
+//! whose queue is bounded and never blocks the caller (a full queue drops and counts), an
+//! OTLP/HTTP exporter that encodes `SpanData` straight to protobuf (the default
+//! `http/protobuf` protocol, see `otlp_http`), and a console exporter for local work when
+//! no endpoint is set.
 
 mod console;
+pub mod otlp_http;
 mod processor;
 mod settings;
 
@@ -18,6 +21,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample, SpanData, SpanExporter};
 
 pub use console::ConsoleExporter;
+pub use otlp_http::ExportError;
 pub use processor::{BoundedBatchProcessor, DeferredSpans, ExportStats};
 pub use settings::{ExporterKind, Settings};
 
@@ -31,31 +35,53 @@ pub enum Error {
     Thread(std::io::Error),
 }
 
-/// The exporters a pipeline can drive (the SDK trait is not object safe).
+/// The exporters a pipeline can drive.
 #[derive(Debug)]
 pub enum AnyExporter {
-    Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    /// `http/protobuf`: our own encoder and sender.
+    OtlpHttp(Box<otlp_http::OtlpHttpExporter>),
+    /// `grpc`: opentelemetry-otlp's tonic exporter.
+    OtlpGrpc(Box<opentelemetry_otlp::SpanExporter>),
     Console(ConsoleExporter),
 }
 
-impl SpanExporter for AnyExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+impl AnyExporter {
+    /// Exports `batch` and leaves it empty (keeping its capacity where the exporter
+    /// allows). `Ok` carries the spans the receiver rejected in a partial success.
+    pub async fn export(&mut self, batch: &mut Vec<SpanData>) -> Result<u64, ExportError> {
+        let result = match self {
+            AnyExporter::OtlpHttp(e) => e.export(batch).await.map(|a| a.rejected_spans),
+            AnyExporter::OtlpGrpc(e) => e
+                .export(std::mem::take(batch))
+                .await
+                .map(|()| 0)
+                .map_err(ExportError::from),
+            AnyExporter::Console(e) => e
+                .export(std::mem::take(batch))
+                .await
+                .map(|()| 0)
+                .map_err(ExportError::from),
+        };
+        batch.clear();
+        result
+    }
+
+    pub fn shutdown(&mut self, timeout: Duration) {
         match self {
-            AnyExporter::Otlp(e) => e.export(batch).await,
-            AnyExporter::Console(e) => e.export(batch).await,
+            AnyExporter::OtlpHttp(_) => {}
+            AnyExporter::OtlpGrpc(e) => {
+                let _ = e.shutdown_with_timeout(timeout);
+            }
+            AnyExporter::Console(e) => {
+                let _ = e.shutdown_with_timeout(timeout);
+            }
         }
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+    pub fn set_resource(&mut self, resource: &Resource) {
         match self {
-            AnyExporter::Otlp(e) => e.shutdown_with_timeout(timeout),
-            AnyExporter::Console(e) => e.shutdown_with_timeout(timeout),
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        match self {
-            AnyExporter::Otlp(e) => e.set_resource(resource),
+            AnyExporter::OtlpHttp(e) => e.set_resource(resource),
+            AnyExporter::OtlpGrpc(e) => e.set_resource(resource),
             AnyExporter::Console(e) => e.set_resource(resource),
         }
     }
@@ -102,7 +128,7 @@ impl Pipeline {
             move || {
                 let mut exporter = match kind {
                     ExporterKind::Console => AnyExporter::Console(ConsoleExporter::default()),
-                    ExporterKind::Otlp => AnyExporter::Otlp(Box::new(settings::otlp_exporter()?)),
+                    ExporterKind::Otlp => settings::otlp_exporter(&for_exporter)?,
                 };
                 exporter.set_resource(&for_exporter);
                 Ok(exporter)

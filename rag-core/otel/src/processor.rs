@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use crate::settings::BatchSettings;
 use crate::{AnyExporter, Error};
@@ -26,7 +26,8 @@ pub struct ExportStats {
     pub exported: AtomicU64,
     /// Spans never sent because the queue was full (or the pipeline had stopped).
     pub dropped: AtomicU64,
-    /// Spans in batches the exporter gave up on (after its own retries) or timed out.
+    /// Spans in batches the exporter gave up on (after its own retries) or timed out, and
+    /// spans the receiver rejected in a partial success.
     pub failed: AtomicU64,
 }
 
@@ -198,6 +199,43 @@ impl BoundedBatchProcessor {
     }
 }
 
+/// The exporter with what each export needs: the thread's runtime, the deadline and the
+/// counters.
+struct Exporting {
+    rt: tokio::runtime::Runtime,
+    exporter: AnyExporter,
+    timeout: Duration,
+    stats: Arc<ExportStats>,
+}
+
+impl Exporting {
+    /// Exports `batch` (leaving it empty) and counts the outcome.
+    fn export(&mut self, batch: &mut Vec<SpanData>) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let (exporter, timeout) = (&mut self.exporter, self.timeout);
+        // The timer must be created inside the runtime, hence the async block.
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, exporter.export(batch)).await });
+        batch.clear();
+        match result {
+            Ok(Ok(rejected)) => {
+                let rejected = rejected.min(n);
+                self.stats
+                    .exported
+                    .fetch_add(n - rejected, Ordering::Relaxed);
+                self.stats.failed.fetch_add(rejected, Ordering::Relaxed);
+            }
+            _ => {
+                self.stats.failed.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 fn export_loop(
     rt: tokio::runtime::Runtime,
     exporter: AnyExporter,
@@ -207,20 +245,11 @@ fn export_loop(
     pending: Arc<AtomicUsize>,
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_export_batch_size);
-    let export = |batch: &mut Vec<SpanData>, exporter: &AnyExporter| {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len() as u64;
-        let spans = std::mem::take(batch);
-        // The timer must be created inside the runtime, hence the async block.
-        let result = rt.block_on(async {
-            tokio::time::timeout(settings.export_timeout, exporter.export(spans)).await
-        });
-        match result {
-            Ok(Ok(())) => stats.exported.fetch_add(n, Ordering::Relaxed),
-            _ => stats.failed.fetch_add(n, Ordering::Relaxed),
-        };
+    let mut out = Exporting {
+        rt,
+        exporter,
+        timeout: settings.export_timeout,
+        stats,
     };
     let mut deadline = Instant::now() + settings.schedule_delay;
     loop {
@@ -240,37 +269,37 @@ fn export_loop(
                     pending.fetch_sub(1, Ordering::Relaxed);
                     batch.push(*span);
                     if batch.len() >= settings.max_export_batch_size {
-                        export(&mut batch, &exporter);
+                        out.export(&mut batch);
                     }
                 }
                 Ok(Msg::Deferred(build, n)) => {
                     pending.fetch_sub(n, Ordering::Relaxed);
                     build(&mut batch);
                     if batch.len() >= settings.max_export_batch_size {
-                        export(&mut batch, &exporter);
+                        out.export(&mut batch);
                     }
                 }
                 Ok(Msg::Flush(ack)) => {
-                    export(&mut batch, &exporter);
+                    out.export(&mut batch);
                     let _ = ack.send(());
                 }
                 Ok(Msg::Shutdown(ack)) => {
-                    drain(&rx, &mut batch, &settings, &export, &exporter);
-                    export(&mut batch, &exporter);
-                    let _ = exporter.shutdown_with_timeout(Duration::from_secs(1));
+                    drain(&rx, &mut batch, &settings, &mut out);
+                    out.export(&mut batch);
+                    out.exporter.shutdown(Duration::from_secs(1));
                     let _ = ack.send(());
                     return;
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    export(&mut batch, &exporter);
+                    out.export(&mut batch);
                     return;
                 }
             }
         }
         // A partial batch waits for the delay; a full one has already gone.
         if due {
-            export(&mut batch, &exporter);
+            out.export(&mut batch);
             deadline = Instant::now() + settings.schedule_delay;
         }
     }
@@ -281,21 +310,20 @@ fn drain(
     rx: &mpsc::Receiver<Msg>,
     batch: &mut Vec<SpanData>,
     settings: &BatchSettings,
-    export: &impl Fn(&mut Vec<SpanData>, &AnyExporter),
-    exporter: &AnyExporter,
+    out: &mut Exporting,
 ) {
     while let Ok(msg) = rx.try_recv() {
         match msg {
             Msg::Span(span) => {
                 batch.push(*span);
                 if batch.len() >= settings.max_export_batch_size {
-                    export(batch, exporter);
+                    out.export(batch);
                 }
             }
             Msg::Deferred(build, _) => {
                 build(batch);
                 if batch.len() >= settings.max_export_batch_size {
-                    export(batch, exporter);
+                    out.export(batch);
                 }
             }
             Msg::Flush(ack) | Msg::Shutdown(ack) => {

@@ -3,14 +3,16 @@
 //! Switches: `OTEL_SDK_DISABLED=true` always wins; otherwise `OTEL_ENABLED` decides, and
 //! when it is unset tracing is on exactly when an OTLP endpoint is configured. Enabled
 //! without an endpoint means the console exporter (local work). Endpoint, headers, timeout
-//! and compression (generic and `_TRACES_` variants) are read by opentelemetry-otlp itself;
-//! the sampler by the SDK.
+//! and compression (generic and `_TRACES_` variants) are read when the exporter is built:
+//! by `otlp_http::HttpTarget` for http/protobuf, by opentelemetry-otlp for grpc. The
+//! sampler is the SDK's.
 
 use std::time::Duration;
 
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::WithExportConfig;
 
-use crate::Error;
+use crate::otlp_http::{HttpTarget, OtlpHttpExporter};
+use crate::{AnyExporter, Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExporterKind {
@@ -40,13 +42,13 @@ pub struct Settings {
 }
 
 /// Reads one variable: trimmed, empty = unset.
-type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-fn process_env(name: &str) -> Option<String> {
+pub(crate) fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn clean(v: Option<String>) -> Option<String> {
+pub(crate) fn clean(v: Option<String>) -> Option<String> {
     v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
@@ -157,38 +159,24 @@ fn protocol(env: Lookup) -> Result<Protocol, String> {
     }
 }
 
-/// The OTLP exporter for the configured protocol; endpoint, headers, timeout and
-/// compression come from the environment through opentelemetry-otlp.
-pub(crate) fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, Error> {
-    let built = match protocol(&process_env).map_err(Error::Settings)? {
+/// The OTLP exporter for the configured protocol: our own encoder and sender for
+/// http/protobuf, opentelemetry-otlp's for grpc (endpoint, headers, timeout and
+/// compression from the environment either way).
+pub(crate) fn otlp_exporter(resource: &opentelemetry_sdk::Resource) -> Result<AnyExporter, Error> {
+    match protocol(&process_env).map_err(Error::Settings)? {
         Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_protocol(opentelemetry_otlp::Protocol::Grpc)
-            .build(),
+            .build()
+            .map(|e| AnyExporter::OtlpGrpc(Box::new(e)))
+            .map_err(|e| Error::Exporter(e.to_string())),
         Protocol::HttpProtobuf => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            // The exporter's timeout bounds its retries; this bounds each HTTP request, so a
-            // hanging collector costs one timeout, not the whole export deadline.
-            let timeout = [
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ]
-            .iter()
-            .find_map(|k| clean(process_env(k)).and_then(|v| v.parse::<u64>().ok()))
-            .filter(|ms| *ms > 0)
-            .unwrap_or(10_000);
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(timeout))
-                .build()
-                .map_err(|e| Error::Exporter(e.to_string()))?;
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .build()
+            let target = HttpTarget::from_env().map_err(Error::Settings)?;
+            OtlpHttpExporter::new(target, resource)
+                .map(|e| AnyExporter::OtlpHttp(Box::new(e)))
+                .map_err(|e| Error::Exporter(e.to_string()))
         }
-    };
-    built.map_err(|e| Error::Exporter(e.to_string()))
+    }
 }
 
 #[cfg(test)]
