@@ -41,7 +41,7 @@ pub struct AccessRecord<'a> {
     pub upstream_ms: Option<f64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub client_addr: String,
+    pub client_addr: std::net::SocketAddr,
     pub user_agent: Option<&'a str>,
     pub protocol: &'a str,
     pub outcome: &'static str,
@@ -103,7 +103,9 @@ impl AccessRecord<'_> {
         key(out, "bytes_out", false);
         integer(out, self.bytes_out);
         key(out, "client_addr", false);
-        string(out, &self.client_addr);
+        out.push(b'"');
+        write_socket_addr(out, self.client_addr);
+        out.push(b'"');
         key(out, "user_agent", false);
         opt_string(out, self.user_agent);
         key(out, "protocol", false);
@@ -156,6 +158,47 @@ fn integer(out: &mut Vec<u8>, n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// `SocketAddr`'s display form; IPv4 without the formatting machinery (the common case).
+pub fn write_socket_addr(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            write_ipv4(out, *a.ip());
+            out.push(b':');
+            integer(out, u64::from(a.port()));
+        }
+        std::net::SocketAddr::V6(a) => {
+            use std::io::Write;
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+pub fn write_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
+    for (i, octet) in ip.octets().iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        integer(out, u64::from(*octet));
+    }
+}
+
+/// An IP address as text (for `X-Forwarded-For`), IPv4 without `fmt`.
+pub fn ip_string(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = Vec::with_capacity(15);
+            write_ipv4(&mut out, v4);
+            String::from_utf8(out).unwrap_or_default()
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+/// Decimal digits of `n`, appended.
+pub fn write_integer(out: &mut Vec<u8>, n: u64) {
+    integer(out, n);
 }
 
 fn float(out: &mut Vec<u8>, v: f64) {
@@ -354,13 +397,18 @@ mod tests {
             upstream_ms: Some(0.5),
             bytes_in: 0,
             bytes_out: 18_446_744_073_709_551_615,
-            client_addr: "127.0.0.1:4000".into(),
+            client_addr: "127.0.0.1:4000".parse().unwrap(),
             user_agent: Some(ua),
             protocol: "HTTP/1.1",
             outcome: "success",
             error: None,
         };
-        for (duration, upstream) in [(1.234, Some(0.5)), (2.0, None), (0.0, Some(1e-7)), (123456.789, Some(3.0))] {
+        for (duration, upstream) in [
+            (1.234, Some(0.5)),
+            (2.0, None),
+            (0.0, Some(1e-7)),
+            (123456.789, Some(3.0)),
+        ] {
             record.duration_ms = duration;
             record.upstream_ms = upstream;
             let mut ours = Vec::new();
@@ -369,6 +417,25 @@ mod tests {
                 String::from_utf8(ours).unwrap(),
                 serde_json::to_string(&record).unwrap()
             );
+        }
+        for addr in ["[2001:db8::1]:443", "0.0.0.0:0", "255.255.255.255:65535"] {
+            record.client_addr = addr.parse().unwrap();
+            let mut ours = Vec::new();
+            record.encode(&mut ours);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+        }
+        assert_eq!(
+            super::ip_string("10.0.255.1".parse().unwrap()),
+            "10.0.255.1"
+        );
+        assert_eq!(super::ip_string("::1".parse().unwrap()), "::1");
+        for n in [0, 7, 10, 65_535, 18_446_744_073_709_551_615] {
+            let mut out = Vec::new();
+            super::write_integer(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
         }
     }
 

@@ -19,6 +19,11 @@ pub mod telemetry;
 pub mod tls;
 pub mod up;
 
+/// Hash maps consulted on every request (tenant ids and token digests as keys, bounded in
+/// size): foldhash is seeded per process, so keys cannot be picked to collide without the
+/// seed, and costs a fraction of SipHash on short keys.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

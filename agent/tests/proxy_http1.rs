@@ -25,7 +25,9 @@ struct RawUpstream {
     connections: Arc<AtomicUsize>,
 }
 
-fn raw_upstream(answer: impl Fn(&str, &[u8]) -> (Vec<u8>, bool) + Send + Sync + 'static) -> RawUpstream {
+fn raw_upstream(
+    answer: impl Fn(&str, &[u8]) -> (Vec<u8>, bool) + Send + Sync + 'static,
+) -> RawUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -98,7 +100,11 @@ fn request_line(head: &str) -> (&str, &str) {
 }
 
 fn ok(body: &str) -> Vec<u8> {
-    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Reads one response with a Content-Length body from a raw client connection.
@@ -106,7 +112,10 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed mid-head: {head}");
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "connection closed mid-head: {head}"
+        );
         head.push_str(&line);
         if line == "\r\n" {
             break;
@@ -115,7 +124,10 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
     let len: usize = head
         .to_ascii_lowercase()
         .lines()
-        .find_map(|l| l.strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).unwrap();
@@ -134,7 +146,7 @@ async fn every_response_framing_passes_through_and_connections_are_reused() {
             "/head" if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n".to_vec(),
             "/nocontent" => b"HTTP/1.1 204 No Content\r\nX-Up: 1\r\n\r\n".to_vec(),
             "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-            "/hop" => b"HTTP/1.1 200 OK\r\nConnection: x-secret, keep-alive\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "/hop" => b"HTTP/1.1 200 OK\r\nConnection: x-secret, keep-alive\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\nx-frame-options: SAMEORIGIN\r\nX-Request-Id: from-upstream\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             "/big" => {
                 let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
                 v.extend((0..BIG).map(|i| (i % 251) as u8));
@@ -179,14 +191,38 @@ async fn every_response_framing_passes_through_and_connections_are_reused() {
     assert_eq!(r.headers()["x-up"], "1");
     assert!(!r.headers().contains_key("x-secret"), "named by Connection");
     assert!(!r.headers().contains_key("keep-alive"));
+    // The upstream's own security header wins over the agent's default; the request id
+    // is always the agent's.
+    let frame: Vec<_> = r.headers().get_all("x-frame-options").iter().collect();
+    assert_eq!(frame, ["SAMEORIGIN"]);
+    let ids: Vec<_> = r.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], "from-upstream");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert_eq!(r.text().await.unwrap(), "ok");
 
-    let body = c.get(agent.url("/big")).send().await.unwrap().bytes().await.unwrap();
+    let body = c
+        .get(agent.url("/big"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(body.len(), BIG);
     assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
 
     // Still one working connection after all of that.
-    assert_eq!(c.get(agent.url("/after")).send().await.unwrap().text().await.unwrap(), "/after");
+    assert_eq!(
+        c.get(agent.url("/after"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "/after"
+    );
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let lines = agent.access_lines();
@@ -198,7 +234,11 @@ async fn every_response_framing_passes_through_and_connections_are_reused() {
             .cloned()
             .unwrap_or_else(|| panic!("access line for {path}"))
     };
-    assert_eq!(line("/chunked")["bytes_out"], 11, "payload bytes, not framing");
+    assert_eq!(
+        line("/chunked")["bytes_out"],
+        11,
+        "payload bytes, not framing"
+    );
     assert_eq!(line("/big")["bytes_out"], BIG as u64);
     assert_eq!(line("/close")["bytes_out"], 25);
     assert_eq!(line("/nocontent")["status_code"], 204);
@@ -251,7 +291,10 @@ async fn pipelined_requests_http10_and_chunked_uploads() {
         first.0.to_ascii_lowercase().contains("x-request-id:"),
         "{first:?}"
     );
-    assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
+    assert!(
+        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
+        "{old}"
+    );
     assert!(old.ends_with("/old"), "{old}");
     assert!(chunked.0.starts_with("HTTP/1.1 200"), "{chunked:?}");
     assert_eq!(chunked.1, "/up hello world");
@@ -309,7 +352,10 @@ async fn broken_upstreams_and_refused_uploads_get_json_answers() {
         let (_, path) = request_line(head);
         match path {
             "/garbage" => (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), true),
-            "/short" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(), true),
+            "/short" => (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(),
+                true,
+            ),
             other => (ok(other), false),
         }
     });
@@ -323,7 +369,10 @@ async fn broken_upstreams_and_refused_uploads_get_json_answers() {
 
     // A body cut short by the upstream reaches the client cut short, never "complete".
     let r = c.get(agent.url("/short")).send().await.unwrap();
-    assert!(r.bytes().await.is_err(), "a truncated body is an error for the client");
+    assert!(
+        r.bytes().await.is_err(),
+        "a truncated body is an error for the client"
+    );
 
     // Refused before its 2 MiB body is read: the client still gets the answer.
     let r = c

@@ -2,7 +2,6 @@
 //! JWKS file, `exp` required and `nbf`/`iss`/`aud` checked, claims mapped to the principal.
 //! The agent verifies; it never issues tokens.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,7 +63,7 @@ pub struct JwtVerifier {
 }
 
 /// Token digest → (principal, `exp`).
-type VerifiedTokens = HashMap<[u8; 32], (Arc<Principal>, i64)>;
+type VerifiedTokens = crate::FastMap<[u8; 32], (Arc<Principal>, i64)>;
 
 const VERIFIED_MAX: usize = 10_000;
 
@@ -120,7 +119,7 @@ impl JwtVerifier {
         Ok(Self {
             cfg: cfg.clone(),
             keys,
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(crate::FastMap::default()),
         })
     }
 

@@ -5,7 +5,6 @@
 //! concurrent misses for one key share one lookup, and the cache never holds more than
 //! `cache_max_entries`. Keys are held only as SHA-256 digests.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,12 +91,14 @@ struct Entry {
 pub struct Introspector {
     cfg: IdentityConfig,
     token: String,
-    cache: Mutex<HashMap<[u8; 32], Entry>>,
+    cache: Mutex<crate::FastMap<[u8; 32], Entry>>,
 }
 
 /// The key a client presented: `Authorization: Bearer` or `X-API-Key`.
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
-    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+    // A constant name: looking up by `&str` would parse the name on every request.
+    const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    if let Some(v) = h.get(&X_API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(v.trim()).filter(|v| !v.is_empty());
     }
     let auth = h.get(http::header::AUTHORIZATION)?.to_str().ok()?;
@@ -113,7 +114,7 @@ impl Introspector {
         Self {
             cfg,
             token,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(crate::FastMap::default()),
         }
     }
 

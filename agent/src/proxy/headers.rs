@@ -134,17 +134,17 @@ impl SecurityHeaderSet {
         })
     }
 
-    /// Adds what the upstream did not set itself.
-    pub fn apply(&self, h: &mut HeaderMap, tls: bool, api: bool) {
+    /// Each header that applies to a response (HSTS only over TLS, the API cache
+    /// policy only on API routes). They are defaults: an upstream's own value wins.
+    pub fn for_each(&self, tls: bool, api: bool, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
         for (k, v) in &self.always {
-            h.entry(k).or_insert_with(|| v.clone());
+            f(k, v);
         }
         if tls && let Some(v) = &self.hsts {
-            h.entry(header::STRICT_TRANSPORT_SECURITY)
-                .or_insert_with(|| v.clone());
+            f(&header::STRICT_TRANSPORT_SECURITY, v);
         }
         if api && let Some(v) = &self.api_cache_control {
-            h.entry(header::CACHE_CONTROL).or_insert_with(|| v.clone());
+            f(&header::CACHE_CONTROL, v);
         }
     }
 }

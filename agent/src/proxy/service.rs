@@ -1,6 +1,7 @@
 //! The request path, outermost first (DESIGN §3): ids → trace context → path guard →
 //! limits → forward → response headers → metrics and access line when the body ends.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -197,20 +198,28 @@ struct QuotaState {
 }
 
 impl QuotaState {
-    fn headers(&self, h: &mut http::HeaderMap) {
+    fn headers(&self, mut f: impl FnMut(HeaderName, HeaderValue)) {
+        use crate::access_log::write_integer as num;
         let window = self.metric.window().as_secs();
-        let policy = format!("{};w={window}", self.limit);
-        let now = format!(
-            "limit={}, remaining={}, reset={}",
-            self.limit, self.remaining, self.reset_seconds
-        );
+        // Built by hand: these go out on every response under a quota.
+        let mut policy = Vec::with_capacity(32);
+        num(&mut policy, self.limit);
+        policy.extend_from_slice(b";w=");
+        num(&mut policy, window);
+        let mut now = Vec::with_capacity(64);
+        now.extend_from_slice(b"limit=");
+        num(&mut now, self.limit);
+        now.extend_from_slice(b", remaining=");
+        num(&mut now, self.remaining);
+        now.extend_from_slice(b", reset=");
+        num(&mut now, self.reset_seconds);
         for (name, v) in [(RATELIMIT_POLICY, policy), (RATELIMIT, now)] {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(name, v);
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                f(name, v);
             }
         }
         if let Some(r) = self.retry_after_seconds {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(r));
+            f(header::RETRY_AFTER, HeaderValue::from(r));
         }
     }
 }
@@ -326,7 +335,7 @@ impl Completion {
                 upstream_ms: self.upstream_ms,
                 bytes_in: self.bytes_in.load(Ordering::Relaxed),
                 bytes_out,
-                client_addr: self.conn.remote.to_string(),
+                client_addr: self.conn.remote,
                 user_agent: self.user_agent.as_deref(),
                 protocol: self.protocol,
                 outcome: out,
@@ -395,34 +404,37 @@ impl Completion {
                     .routes
                     .template(&method, &path)
                     .unwrap_or(class.as_str());
+                // Built before `path` moves into the span (its owned fields are moved on
+                // into the attributes instead of copied).
+                let upstream = upstream.map(|(start, status, error_type)| UpstreamCall {
+                    start,
+                    status,
+                    error_type,
+                    url_full: format!("http://{up}{path}"),
+                    server_address: up.host(),
+                    server_port: up.port_u16().unwrap_or(80),
+                });
                 spans::build(
                     RequestSpan {
-                        ids: &ids,
-                        method: method.as_str(),
+                        ids,
+                        method: &method,
                         route,
-                        path: &path,
+                        path,
                         scheme: if conn.tls { "https" } else { "http" },
                         status,
-                        server_address: server_address.as_deref(),
+                        server_address,
                         client: conn.remote,
                         protocol_version: match protocol {
                             "HTTP/2" => "2",
                             "HTTP/1.0" => "1.0",
                             _ => "1.1",
                         },
-                        user_agent: user_agent.as_deref(),
+                        user_agent,
                         error_type: error,
                         principal: principal.as_deref(),
                         start,
                         end: now,
-                        upstream: upstream.map(|(start, status, error_type)| UpstreamCall {
-                            start,
-                            status,
-                            error_type,
-                            url_full: format!("http://{up}{path}"),
-                            server_address: up.host(),
-                            server_port: up.port_u16().unwrap_or(80),
-                        }),
+                        upstream,
                     },
                     out,
                 );
@@ -577,22 +589,46 @@ pub(super) fn refusal_response(done: &mut Completion, r: Refusal) -> Response<By
     json_error(status, code, message, &done.ids.request_id, extra)
 }
 
-/// Headers the agent adds to every response it sends: RateLimit, the request id and the
-/// configured security headers.
-pub(super) fn response_headers(
+/// How the agent sets one of its response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Added {
+    /// Whatever the upstream sent under this name is dropped.
+    Replace,
+    /// Only when the upstream sent none.
+    IfAbsent,
+}
+
+/// The headers the agent adds to every response it sends: RateLimit and the request id
+/// (replacing the upstream's) and the configured security headers (filling in what the
+/// upstream left out). Both HTTP stacks apply this one list.
+pub(super) fn added_headers(
     done: &Completion,
     dynamic: &Dynamic,
-    h: &mut http::HeaderMap,
+    mut f: impl FnMut(Added, HeaderName, HeaderValue),
 ) {
     if let Some(q) = &done.quota {
-        q.headers(h);
+        q.headers(|n, v| f(Added::Replace, n, v));
     }
     if let Ok(v) = HeaderValue::from_str(&done.ids.request_id) {
-        h.insert(X_REQUEST_ID, v);
+        f(Added::Replace, X_REQUEST_ID, v);
     }
     dynamic
         .security
-        .apply(h, done.conn.tls, done.path.starts_with("/api/"));
+        .for_each(done.conn.tls, done.path.starts_with("/api/"), |n, v| {
+            f(Added::IfAbsent, n.clone(), v.clone())
+        });
+}
+
+/// [`added_headers`] applied to a header map.
+pub(super) fn response_headers(done: &Completion, dynamic: &Dynamic, h: &mut http::HeaderMap) {
+    added_headers(done, dynamic, |mode, name, value| match mode {
+        Added::Replace => {
+            h.insert(name, value);
+        }
+        Added::IfAbsent => {
+            h.entry(name).or_insert(value);
+        }
+    });
 }
 
 /// Rewrites a client's request headers for the upstream hop: hop-by-hop and identity
@@ -631,7 +667,7 @@ pub(super) fn upstream_headers(
     if let Some(ts) = &ids.tracestate {
         h.insert(TRACESTATE, ts.clone());
     }
-    let client_ip = conn.remote.ip().to_string();
+    let client_ip = crate::access_log::ip_string(conn.remote.ip());
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {client_ip}"),
         None => client_ip,
@@ -949,7 +985,7 @@ async fn admit(
         };
         if let Some(limit) = ws_limit {
             budgets.push(Budget {
-                key: ws.to_string(),
+                key: Cow::Borrowed(ws),
                 scope: Scope::Workspace,
                 metric: *m,
                 limit,
@@ -958,7 +994,7 @@ async fn admit(
         }
         if let Some(limit) = org_limit {
             budgets.push(Budget {
-                key: format!("org:{org}"),
+                key: Cow::Owned(format!("org:{org}")),
                 scope: Scope::Organization,
                 metric: *m,
                 limit,
@@ -974,18 +1010,19 @@ async fn admit(
             if let Some((b, remaining, reset_seconds)) = tightest {
                 let used = b.limit.saturating_sub(remaining);
                 let ratio = used as f64 / b.limit as f64;
-                if proxy
-                    .quota_events
-                    .gauge_due(ws, b.metric.name(), std::time::Instant::now())
-                {
+                let (gauge_due, crossed) = proxy.quota_events.observe(
+                    ws,
+                    b.metric.name(),
+                    ratio,
+                    policy.threshold_ratio,
+                    std::time::Instant::now(),
+                );
+                if gauge_due {
                     proxy
                         .metrics
                         .quota_level(ws, b.metric.name(), used as f64, ratio, cap);
                 }
-                if proxy
-                    .quota_events
-                    .crossed(ws, b.metric.name(), ratio, policy.threshold_ratio)
-                {
+                if crossed {
                     crate::log::warn_with(
                         "quota.threshold",
                         "workspace quota usage crossed the threshold",

@@ -2,19 +2,18 @@
 //! on this agent replica. A slot is held until the response body ends (or the client
 //! leaves), so long streams count for as long as they run.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default, Clone)]
 pub struct Concurrency {
     /// Only workspaces with requests in flight have an entry, so the map is bounded by
     /// the proxy's own concurrency limit.
-    in_flight: Arc<Mutex<HashMap<String, u64>>>,
+    in_flight: Arc<Mutex<crate::FastMap<String, u64>>>,
 }
 
 /// One in-flight request; releases its slot when dropped.
 pub struct Slot {
-    in_flight: Arc<Mutex<HashMap<String, u64>>>,
+    in_flight: Arc<Mutex<crate::FastMap<String, u64>>>,
     key: String,
 }
 

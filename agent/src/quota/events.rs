@@ -2,7 +2,6 @@
 //! (re-armed below 80% of the threshold, so usage hovering at the line does not flap), and
 //! `quota.exceeded` at most once per workspace and metric every 10 s.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,14 +20,14 @@ struct State {
 
 pub struct QuotaEvents {
     /// workspace → metric → state; nested so lookups by `&str` do not allocate.
-    state: Mutex<HashMap<String, HashMap<&'static str, State>>>,
+    state: Mutex<crate::FastMap<String, crate::FastMap<&'static str, State>>>,
     max: usize,
 }
 
 impl QuotaEvents {
     pub fn new(max: usize) -> Self {
         Self {
-            state: Mutex::new(HashMap::new()),
+            state: Mutex::new(crate::FastMap::default()),
             max: max.max(1),
         }
     }
@@ -64,6 +63,37 @@ impl QuotaEvents {
                 }
                 false
             }
+        })
+    }
+
+    /// One allowed request's bookkeeping under a single lookup: whether the usage gauges
+    /// are due for a refresh ([`Self::gauge_due`]) and whether usage just crossed the
+    /// threshold ([`Self::crossed`]).
+    pub fn observe(
+        &self,
+        ws: &str,
+        metric: &'static str,
+        ratio: f64,
+        threshold: f64,
+        now: Instant,
+    ) -> (bool, bool) {
+        self.with(ws, metric, |s| {
+            let gauge = s
+                .last_gauge
+                .is_none_or(|t| now.duration_since(t) >= GAUGE_EVERY);
+            if gauge {
+                s.last_gauge = Some(now);
+            }
+            let crossed = if !s.above && ratio >= threshold {
+                s.above = true;
+                true
+            } else {
+                if s.above && ratio < threshold * 0.8 {
+                    s.above = false;
+                }
+                false
+            };
+            (gauge, crossed)
         })
     }
 

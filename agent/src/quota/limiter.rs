@@ -4,7 +4,7 @@
 //! them, its organization's totals) are checked and advanced under one lock, so
 //! concurrent requests can never overshoot and a refused request consumes nothing.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,10 @@ impl Scope {
 }
 
 #[derive(Debug, Clone)]
-pub struct Budget {
-    /// The budget's owner: a workspace id, or `org:<organization id>`.
-    pub key: String,
+pub struct Budget<'a> {
+    /// The budget's owner: a workspace id, or `org:<organization id>` (borrowed from the
+    /// request where it can be: this is built for every request).
+    pub key: Cow<'a, str>,
     pub scope: Scope,
     pub metric: Metric,
     pub limit: u64,
@@ -41,13 +42,13 @@ pub struct Budget {
 const MAX_BUDGETS: usize = 2 * Metric::COUNT;
 
 #[derive(Debug, Clone)]
-pub enum Decision {
+pub enum Decision<'a> {
     /// Allowed; the tightest budget's (limit, remaining, seconds until full).
     Allowed {
-        tightest: Option<(Budget, u64, u64)>,
+        tightest: Option<(Budget<'a>, u64, u64)>,
     },
     Refused {
-        budget: Budget,
+        budget: Budget<'a>,
         retry_after: Duration,
     },
     /// The shared backend is unreachable and configured to fail closed.
@@ -58,7 +59,7 @@ pub struct Limiter {
     start: Instant,
     /// budget key → TAT per metric (nanoseconds since `start`; 0 = untouched). Keyed by
     /// the owner alone so the hot path looks up by `&str` without allocating.
-    tat: Mutex<HashMap<String, [u128; Metric::COUNT]>>,
+    tat: Mutex<crate::FastMap<String, [u128; Metric::COUNT]>>,
     max_workspaces: usize,
 }
 
@@ -66,27 +67,27 @@ impl Limiter {
     pub fn new(max_budgets: usize) -> Self {
         Self {
             start: Instant::now(),
-            tat: Mutex::new(HashMap::new()),
+            tat: Mutex::new(crate::FastMap::default()),
             max_workspaces: (max_budgets / Metric::COUNT).max(1),
         }
     }
 
-    pub fn check(&self, budgets: &[Budget]) -> Decision {
+    pub fn check<'a>(&self, budgets: &[Budget<'a>]) -> Decision<'a> {
         self.check_at(budgets, Instant::now())
     }
 
-    pub fn check_at(&self, budgets: &[Budget], now: Instant) -> Decision {
+    pub fn check_at<'a>(&self, budgets: &[Budget<'a>], now: Instant) -> Decision<'a> {
         let now = now.saturating_duration_since(self.start).as_nanos();
         let mut map = match self.tat.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
         let mut next: [Option<(usize, u128)>; MAX_BUDGETS] = [None; MAX_BUDGETS];
-        let mut tightest: Option<(Budget, u64, u64)> = None;
+        let mut tightest: Option<(Budget<'a>, u64, u64)> = None;
         for (slot, b) in budgets.iter().enumerate().take(MAX_BUDGETS) {
             let window = b.metric.window().as_nanos();
             let interval = (window / u128::from(b.limit.max(1))).max(1);
-            let stored = map.get(b.key.as_str()).map_or(0, |t| t[b.metric.index()]);
+            let stored = map.get(b.key.as_ref()).map_or(0, |t| t[b.metric.index()]);
             let new_tat = stored.max(now) + interval * u128::from(b.cost.max(1));
             // Allowed while the new TAT stays within one window of now.
             if new_tat > now + window {
@@ -107,7 +108,7 @@ impl Limiter {
             let Some((idx, tat)) = next[slot] else {
                 continue;
             };
-            if let Some(entry) = map.get_mut(b.key.as_str()) {
+            if let Some(entry) = map.get_mut(b.key.as_ref()) {
                 entry[idx] = tat;
                 continue;
             }
@@ -121,7 +122,7 @@ impl Limiter {
             }
             let mut entry = [0; Metric::COUNT];
             entry[idx] = tat;
-            map.insert(b.key.clone(), entry);
+            map.insert(b.key.to_string(), entry);
         }
         Decision::Allowed { tightest }
     }
@@ -131,7 +132,7 @@ impl Limiter {
 mod tests {
     use super::*;
 
-    fn budget(limit: u64) -> Budget {
+    fn budget(limit: u64) -> Budget<'static> {
         Budget {
             key: "ws".into(),
             scope: Scope::Workspace,
@@ -173,7 +174,7 @@ mod tests {
     fn an_organization_total_binds_across_its_workspaces() {
         let l = Limiter::new(100);
         let t0 = Instant::now();
-        let req = |ws: &str| {
+        let req = |ws: &'static str| {
             [
                 Budget {
                     key: ws.into(),

@@ -30,7 +30,7 @@ impl Backend {
         })
     }
 
-    pub async fn check(&self, budgets: &[Budget]) -> Decision {
+    pub async fn check<'a>(&self, budgets: &[Budget<'a>]) -> Decision<'a> {
         match self {
             Self::Memory(l) => l.check(budgets),
             Self::Redis(r) => r.check(budgets).await,

@@ -1,6 +1,5 @@
 //! `config/quotas.yaml`: limits per plan, overridden per organization, then per workspace.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -134,13 +133,13 @@ pub struct Policy {
     /// (re-armed when usage falls below 0.8 of this).
     pub threshold_ratio: f64,
     /// Plan name (as rag-core reports it) → limits.
-    pub plans: HashMap<String, Limits>,
+    pub plans: crate::FastMap<String, Limits>,
     /// Used for a plan the policy does not name.
     pub default_plan: Option<String>,
     /// organization_id → limits that replace the plan's, metric by metric.
-    pub organizations: HashMap<String, Limits>,
+    pub organizations: crate::FastMap<String, Limits>,
     /// workspace_id → limits that replace the organization's and plan's.
-    pub workspaces: HashMap<String, Limits>,
+    pub workspaces: crate::FastMap<String, Limits>,
 }
 
 impl Default for Policy {
@@ -159,10 +158,10 @@ impl Default for Policy {
             .map(String::from)
             .to_vec(),
             threshold_ratio: 0.9,
-            plans: HashMap::new(),
+            plans: crate::FastMap::default(),
             default_plan: None,
-            organizations: HashMap::new(),
-            workspaces: HashMap::new(),
+            organizations: crate::FastMap::default(),
+            workspaces: crate::FastMap::default(),
         }
     }
 }

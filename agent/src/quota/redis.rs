@@ -72,7 +72,7 @@ impl RedisLimiter {
         })
     }
 
-    async fn run(&self, budgets: &[Budget]) -> Result<Vec<i64>, String> {
+    async fn run(&self, budgets: &[Budget<'_>]) -> Result<Vec<i64>, String> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
@@ -100,7 +100,7 @@ impl RedisLimiter {
             .map_err(|e| e.to_string())
     }
 
-    pub async fn check(&self, budgets: &[Budget]) -> Decision {
+    pub async fn check<'a>(&self, budgets: &[Budget<'a>]) -> Decision<'a> {
         match self.run(budgets).await {
             Ok(r) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {
@@ -138,7 +138,7 @@ impl RedisLimiter {
     }
 }
 
-fn decode(budgets: &[Budget], r: &[i64]) -> Decision {
+fn decode<'a>(budgets: &[Budget<'a>], r: &[i64]) -> Decision<'a> {
     let pick = |i: i64| budgets.get((i.max(1) - 1) as usize).cloned();
     match r {
         [1, i, remaining, reset_us] => Decision::Allowed {

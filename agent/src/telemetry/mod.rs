@@ -114,7 +114,16 @@ impl RequestIds {
         } else {
             &self.client_span_id
         };
-        format!("00-{}-{}-{:02x}", self.trace_id, parent, self.flags)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut tp = String::with_capacity(55);
+        tp.push_str("00-");
+        tp.push_str(&self.trace_id);
+        tp.push('-');
+        tp.push_str(parent);
+        tp.push('-');
+        tp.push(HEX[usize::from(self.flags >> 4)] as char);
+        tp.push(HEX[usize::from(self.flags & 0x0f)] as char);
+        tp
     }
 }
 

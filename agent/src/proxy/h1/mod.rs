@@ -37,10 +37,9 @@ use self::pool::UpstreamConn;
 pub use self::rewind::Rewind;
 use super::body::BodyEnd;
 use super::errors::json_error;
-use super::headers;
 use super::service::{
-    Begun, Completion, ConnInfo, Dynamic, Proxy, Refusal, RequestFacts, begin, refusal_response,
-    response_headers, upstream_headers,
+    Added, Begun, Completion, ConnInfo, Dynamic, Proxy, Refusal, RequestFacts, added_headers,
+    begin, refusal_response, response_headers, upstream_headers,
 };
 use crate::metrics::UpstreamErrorLabels;
 
@@ -65,6 +64,7 @@ pub async fn serve(
 ) {
     let mut c = Client {
         stream,
+        added: Vec::with_capacity(12),
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(1024),
         info,
@@ -107,6 +107,8 @@ pub async fn serve(
 
 struct Client {
     stream: TcpStream,
+    /// Scratch for the agent's response headers (`service::added_headers`).
+    added: Vec<(Added, HeaderName, HeaderValue, bool)>,
     /// Bytes read from the client and not yet used (the next head, or body bytes).
     buf: BytesMut,
     /// Scratch for heads written to either side.
@@ -334,7 +336,14 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
         } = &mut req;
         let mut headers = std::mem::take(headers);
         let original_host = headers.get(header::HOST).cloned();
-        upstream_headers(&dynamic, &done.ids, c.info, &mut headers, original_host, false);
+        upstream_headers(
+            &dynamic,
+            &done.ids,
+            c.info,
+            &mut headers,
+            original_host,
+            false,
+        );
         let o = &mut upstream_head;
         o.extend_from_slice(method.as_str().as_bytes());
         o.push(b' ');
@@ -466,20 +475,16 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
 
     let RespHead {
         status,
-        mut headers,
+        head,
+        fields,
         framing,
         keep_alive: upstream_keep_alive,
     } = resp;
-    headers::strip_hop_by_hop(&mut headers, false);
-    if matches!(framing, Framing::Chunked | Framing::Close) {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    response_headers(&done, &dynamic, &mut headers);
     done.status = status.as_u16();
     let client_keep = keep_alive && !matches!(framing, Framing::Close);
     c.out.clear();
     write_status_line(&mut c.out, status);
-    write_headers(&mut c.out, &headers);
+    write_response_headers(c, &done, &dynamic, &head, &fields);
     if matches!(framing, Framing::Chunked) {
         c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -683,9 +688,85 @@ enum Framing {
 
 struct RespHead {
     status: StatusCode,
-    headers: HeaderMap,
+    /// The raw head; `fields` point into it.
+    head: Bytes,
+    /// The upstream's header fields that are forwarded (hop-by-hop ones, and a length
+    /// the framing overrides, are already left out).
+    fields: Vec<Field>,
     framing: Framing,
     keep_alive: bool,
+}
+
+/// One header field of a raw head, as byte ranges (httparse validated both: a name is a
+/// token, a value has no CR or LF, so they can be written out as they came).
+struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Field {
+    fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.name.0..self.name.0 + self.name.1]
+    }
+
+    fn value<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.value.0..self.value.0 + self.value.1]
+    }
+}
+
+/// RFC 9110 §7.6.1, plus `upgrade` (a switch the fast path never asked for).
+const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// The upstream's forwarded fields, then the agent's own (`service::added_headers`):
+/// replacements drop the upstream's field of that name, defaults apply only where the
+/// upstream sent none.
+fn write_response_headers(
+    c: &mut Client,
+    done: &Completion,
+    dynamic: &Dynamic,
+    head: &[u8],
+    fields: &[Field],
+) {
+    c.added.clear();
+    added_headers(done, dynamic, |mode, name, value| {
+        c.added.push((mode, name, value, false))
+    });
+    for f in fields {
+        let name = f.name(head);
+        let mut replaced = false;
+        for added in c.added.iter_mut() {
+            if added.1.as_str().as_bytes().eq_ignore_ascii_case(name) {
+                match added.0 {
+                    Added::Replace => replaced = true,
+                    Added::IfAbsent => added.3 = true,
+                }
+            }
+        }
+        if !replaced {
+            c.out.extend_from_slice(name);
+            c.out.extend_from_slice(b": ");
+            c.out.extend_from_slice(f.value(head));
+            c.out.extend_from_slice(b"\r\n");
+        }
+    }
+    for (mode, name, value, upstream_has) in &c.added {
+        if *mode == Added::Replace || !upstream_has {
+            c.out.extend_from_slice(name.as_str().as_bytes());
+            c.out.extend_from_slice(b": ");
+            c.out.extend_from_slice(value.as_bytes());
+            c.out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -743,57 +824,78 @@ fn parse_response(
     }
     let http11 = resp.version == Some(1);
     let base = buf.as_ptr() as usize;
-    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(resp.headers.len());
+    let mut fields: Vec<Field> = Vec::with_capacity(resp.headers.len());
+    let mut hop = Vec::with_capacity(resp.headers.len());
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    let mut close = false;
+    // Extra hop-by-hop names a Connection header lists (rare).
+    let mut named: Vec<Vec<u8>> = Vec::new();
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| RespError::Broken)?;
-        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
-    }
-    let head = buf.split_to(head_len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len() + 8);
-    for (name, at, len) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-            .map_err(|_| RespError::Broken)?;
-        headers.append(name, value);
+        let name = h.name.as_bytes();
+        let is_hop = HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name));
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    named.push(token.to_ascii_lowercase());
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding of the last field decides.
+            let last = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let this = parse_length(h.value).ok_or(RespError::Broken)?;
+            if length.is_some_and(|prev| prev != this) {
+                return Err(RespError::Broken);
+            }
+            length = Some(this);
+        }
+        hop.push(is_hop);
+        fields.push(Field {
+            name: (h.name.as_ptr() as usize - base, h.name.len()),
+            value: (h.value.as_ptr() as usize - base, h.value.len()),
+        });
     }
     // RFC 9112 §6.3, in order.
     let framing = if is_head || code == 204 || code == 304 {
         Framing::Empty
-    } else if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim)
-            .unwrap_or("");
-        if last.eq_ignore_ascii_case("chunked") {
+    } else if let Some(chunked) = chunked {
+        if chunked {
             Framing::Chunked
         } else {
             Framing::Close
         }
     } else {
-        let mut n = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            let this = parse_length(v.as_bytes()).ok_or(RespError::Broken)?;
-            if n.is_some_and(|prev| prev != this) {
-                return Err(RespError::Broken);
-            }
-            n = Some(this);
-        }
-        match n {
+        match length {
             Some(n) => Framing::Length(n),
             None => Framing::Close,
         }
     };
-    let keep_alive = http11
-        && !matches!(framing, Framing::Close)
-        && !has_token(&headers, header::CONNECTION, "close");
+    let head = buf.split_to(head_len).freeze();
+    let drop_length = matches!(framing, Framing::Chunked | Framing::Close);
+    let mut i = 0;
+    fields.retain(|f| {
+        let name = f.name(&head);
+        let overridden_length = drop_length && name.eq_ignore_ascii_case(b"content-length");
+        let keep =
+            !hop[i] && !overridden_length && !named.iter().any(|n| n.eq_ignore_ascii_case(name));
+        i += 1;
+        keep
+    });
+    let keep_alive = http11 && !close && !matches!(framing, Framing::Close);
     Ok(Some(Some(RespHead {
         status,
-        headers,
+        head,
+        fields,
         framing,
         keep_alive,
     })))
