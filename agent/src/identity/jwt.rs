@@ -3,6 +3,7 @@
 //! The agent verifies; it never issues tokens.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -124,14 +125,27 @@ impl JwtVerifier {
     }
 
     /// [`verify`](Self::verify) with a cache of verified tokens; None for any failure.
+    /// [`Self::verify_cached`], with the instant the token stops being accepted (never later
+    /// than the cache's own check would allow).
+    pub fn verify_cached_until(&self, token: &str) -> Option<(Arc<Principal>, Instant)> {
+        let (principal, exp) = self.verify_cached_exp(token)?;
+        let left = u64::try_from(exp + self.cfg.leeway_seconds as i64 - unix_now()).unwrap_or(0);
+        Some((principal, Instant::now() + Duration::from_secs(left)))
+    }
+
     pub fn verify_cached(&self, token: &str) -> Option<Arc<Principal>> {
+        self.verify_cached_exp(token).map(|(p, _)| p)
+    }
+
+    /// The principal of a valid token and its `exp` (unix seconds).
+    fn verify_cached_exp(&self, token: &str) -> Option<(Arc<Principal>, i64)> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         if let Ok(map) = self.verified.lock()
             && let Some((p, exp)) = map.get(&digest)
             && now <= *exp + self.cfg.leeway_seconds as i64
         {
-            return Some(Arc::clone(p));
+            return Some((Arc::clone(p), *exp));
         }
         let principal = Arc::new(self.verify(token).ok()?);
         let exp = token_exp(token).unwrap_or(now);
@@ -144,7 +158,7 @@ impl JwtVerifier {
             }
             map.insert(digest, (Arc::clone(&principal), exp));
         }
-        Some(principal)
+        Some((principal, exp))
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, JwtError> {

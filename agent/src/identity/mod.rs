@@ -76,6 +76,61 @@ impl Identity {
     }
 }
 
+/// A connection's last resolved key. Clients keep one key for a keep-alive connection, so
+/// the next request presenting the same key skips the shared cache (digest, lock, lookup).
+/// It never outlives the cache entry or token it came from.
+pub struct Memo {
+    key: String,
+    principal: Arc<Principal>,
+    until: Instant,
+}
+
+impl Identity {
+    /// [`Identity::resolve`] through a connection's memo; `now` is when the request arrived.
+    pub async fn resolve_memo(
+        &self,
+        headers: &HeaderMap,
+        peer: std::net::IpAddr,
+        client: &UpstreamClient,
+        upstream: &Upstream,
+        memo: &mut Option<Memo>,
+        now: Instant,
+    ) -> Outcome {
+        let key = match self {
+            // Cheap already, and decided by the peer address as much as by headers.
+            Self::TrustedHeaders(t) => return t.resolve(headers, peer),
+            _ => presented_key(headers),
+        };
+        let Some(key) = key else {
+            *memo = None;
+            return Outcome::Unauthenticated;
+        };
+        if let Some(m) = memo.as_ref()
+            && m.key == key
+            && now < m.until
+        {
+            return Outcome::Principal(Arc::clone(&m.principal));
+        }
+        let (outcome, until) = match self {
+            Self::TrustedHeaders(_) => return Outcome::Unauthenticated,
+            Self::Introspect(i) => i.resolve_key(key, client, upstream).await,
+            Self::Jwt(v) => match v.verify_cached_until(key) {
+                Some((p, until)) => (Outcome::Principal(p), Some(until)),
+                None => (Outcome::Unauthenticated, None),
+            },
+        };
+        *memo = match (&outcome, until) {
+            (Outcome::Principal(p), Some(until)) => Some(Memo {
+                key: key.to_owned(),
+                principal: Arc::clone(p),
+                until,
+            }),
+            _ => None,
+        };
+        outcome
+    }
+}
+
 pub enum Outcome {
     Principal(Arc<Principal>),
     /// No key, or a key rag-core does not know (401 before any quota is spent).
@@ -125,7 +180,8 @@ impl Introspector {
         }
     }
 
-    fn cell_for(&self, digest: [u8; 32]) -> Arc<OnceCell<Lookup>> {
+    /// The cache cell for a key digest and when it was created (its TTL counts from then).
+    fn cell_for(&self, digest: [u8; 32]) -> (Arc<OnceCell<Lookup>>, Instant) {
         let mut cache = match self.cache.lock() {
             Ok(c) => c,
             Err(p) => p.into_inner(),
@@ -137,7 +193,7 @@ impl Introspector {
                 None => true, // a lookup is under way: join it
             };
             if fresh {
-                return Arc::clone(&e.cell);
+                return (Arc::clone(&e.cell), e.created);
             }
         }
         if cache.len() >= self.cfg.cache_max_entries {
@@ -162,7 +218,7 @@ impl Introspector {
                 created: now,
             },
         );
-        cell
+        (cell, now)
     }
 
     fn forget(&self, digest: &[u8; 32]) {
@@ -184,18 +240,31 @@ impl Introspector {
         let Some(key) = presented_key(headers) else {
             return Outcome::Unauthenticated;
         };
+        self.resolve_key(key, client, upstream).await.0
+    }
+
+    /// The outcome for one key, and until when a found principal stays cached.
+    async fn resolve_key(
+        &self,
+        key: &str,
+        client: &UpstreamClient,
+        upstream: &Upstream,
+    ) -> (Outcome, Option<Instant>) {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let cell = self.cell_for(digest);
+        let (cell, created) = self.cell_for(digest);
         let lookup = cell
             .get_or_init(|| self.lookup(key, client, upstream))
             .await
             .clone();
         match lookup {
-            Lookup::Found(p) => Outcome::Principal(p),
-            Lookup::Unknown => Outcome::Unauthenticated,
+            Lookup::Found(p) => (
+                Outcome::Principal(p),
+                Some(created + Duration::from_secs(self.cfg.cache_ttl_seconds)),
+            ),
+            Lookup::Unknown => (Outcome::Unauthenticated, None),
             Lookup::Failed(why) => {
                 self.forget(&digest);
-                Outcome::Unavailable(why)
+                (Outcome::Unavailable(why), None)
             }
         }
     }

@@ -480,7 +480,12 @@ pub(super) struct Begun {
 /// The steps every request takes before its upstream call, whichever HTTP stack carries
 /// it (DESIGN §3 steps 1–6): ids and trace context, route class and the in-flight gauge,
 /// the path guard, load shedding, identity and quotas, and the declared body size.
-pub(super) async fn begin(proxy: &Arc<Proxy>, conn: ConnInfo, req: RequestFacts<'_>) -> Begun {
+pub(super) async fn begin(
+    proxy: &Arc<Proxy>,
+    conn: ConnInfo,
+    req: RequestFacts<'_>,
+    memo: Option<&mut Option<crate::identity::Memo>>,
+) -> Begun {
     let started = Instant::now();
     let dynamic = proxy.current();
     let ids = RequestIds::from_headers(
@@ -535,7 +540,7 @@ pub(super) async fn begin(proxy: &Arc<Proxy>, conn: ConnInfo, req: RequestFacts<
         quota: None,
         error_extra: serde_json::Map::new(),
     };
-    let admitted = edge_checks(proxy, &dynamic, &req, &mut done).await;
+    let admitted = edge_checks(proxy, &dynamic, &req, &mut done, memo).await;
     Begun {
         dynamic,
         done,
@@ -548,6 +553,7 @@ async fn edge_checks(
     dynamic: &Dynamic,
     req: &RequestFacts<'_>,
     done: &mut Completion,
+    memo: Option<&mut Option<crate::identity::Memo>>,
 ) -> Result<(), Refusal> {
     if dynamic.routes.is_blocked(req.method, req.path) {
         return Err((StatusCode::NOT_FOUND, "not_found", "no such route"));
@@ -564,7 +570,7 @@ async fn edge_checks(
         }
     };
     done._permit = Some(permit);
-    admit(proxy, dynamic, req, done).await?;
+    admit(proxy, dynamic, req, done, memo).await?;
     if declared_length(req.headers).is_some_and(|n| n > dynamic.cfg.limits.max_body_bytes) {
         return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -708,6 +714,7 @@ pub async fn handle(
                 uri_host: req.uri().host(),
                 protocol: protocol_name(req.version()),
             },
+            None,
         )
         .await
     };
@@ -866,6 +873,7 @@ async fn admit(
     dynamic: &Dynamic,
     req: &RequestFacts<'_>,
     done: &mut Completion,
+    memo: Option<&mut Option<crate::identity::Memo>>,
 ) -> Result<(), Refusal> {
     let Some(identity) = &proxy.identity else {
         return Ok(());
@@ -877,15 +885,27 @@ async fn admit(
     {
         return Ok(());
     }
-    let principal = match identity
-        .resolve(
-            req.headers,
-            done.conn.remote.ip(),
-            &proxy.client,
-            &dynamic.upstream,
-        )
-        .await
-    {
+    let peer = done.conn.remote.ip();
+    let outcome = match memo {
+        Some(memo) => {
+            identity
+                .resolve_memo(
+                    req.headers,
+                    peer,
+                    &proxy.client,
+                    &dynamic.upstream,
+                    memo,
+                    done.started,
+                )
+                .await
+        }
+        None => {
+            identity
+                .resolve(req.headers, peer, &proxy.client, &dynamic.upstream)
+                .await
+        }
+    };
+    let principal = match outcome {
         Outcome::Principal(p) => p,
         Outcome::Unauthenticated => {
             return Err((
@@ -1005,7 +1025,7 @@ async fn admit(
     if budgets.is_empty() {
         return Ok(());
     }
-    match proxy.limiter.check(&budgets).await {
+    match proxy.limiter.check(&budgets, done.started).await {
         Decision::Allowed { tightest } => {
             if let Some((b, remaining, reset_seconds)) = tightest {
                 let used = b.limit.saturating_sub(remaining);
@@ -1015,7 +1035,7 @@ async fn admit(
                     b.metric.name(),
                     ratio,
                     policy.threshold_ratio,
-                    std::time::Instant::now(),
+                    done.started,
                 );
                 if gauge_due {
                     proxy

@@ -30,9 +30,11 @@ impl Backend {
         })
     }
 
-    pub async fn check<'a>(&self, budgets: &[Budget<'a>]) -> Decision<'a> {
+    /// `now` is when the request arrived (one clock read serves the whole request); the
+    /// Redis backend keeps time on the server.
+    pub async fn check<'a>(&self, budgets: &[Budget<'a>], now: std::time::Instant) -> Decision<'a> {
         match self {
-            Self::Memory(l) => l.check(budgets),
+            Self::Memory(l) => l.check_at(budgets, now),
             Self::Redis(r) => r.check(budgets).await,
         }
     }

@@ -64,6 +64,7 @@ pub async fn serve(
 ) {
     let mut c = Client {
         stream,
+        identity: None,
         added: Vec::with_capacity(12),
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(1024),
@@ -107,6 +108,8 @@ pub async fn serve(
 
 struct Client {
     stream: TcpStream,
+    /// The key this connection last presented and its principal.
+    identity: Option<crate::identity::Memo>,
     /// Scratch for the agent's response headers (`service::added_headers`).
     added: Vec<(Added, HeaderName, HeaderValue, bool)>,
     /// Bytes read from the client and not yet used (the next head, or body bytes).
@@ -311,6 +314,7 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
             uri_host: None,
             protocol: "HTTP/1.1",
         },
+        Some(&mut c.identity),
     )
     .await;
     let keep_alive = req.keep_alive;
