@@ -368,8 +368,19 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
     let started = std::time::Instant::now();
     done.upstream_started = Some(started);
     let mut retried = false;
+    // RFC 9110 §9.2.2: only these may be sent again after the upstream may have seen them.
+    let idempotent = matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
     let (mut up, resp) = loop {
-        let mut up = match proxy.pool.checkout(&authority) {
+        // A retry always gets a new connection.
+        let pooled = if retried {
+            None
+        } else {
+            proxy.pool.checkout(&authority)
+        };
+        let mut up = match pooled {
             Some(up) => up,
             None => match UpstreamConn::connect(&authority, connect_timeout).await {
                 Ok(up) => up,
@@ -403,7 +414,9 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
             },
         };
         // A reused connection may have been closed by the upstream a moment ago; a
-        // request whose body is all in hand can be sent again on a fresh one.
+        // request whose body is all in hand can be sent again on a fresh one. A failed
+        // write never reached a live upstream; a connection that closed after the write
+        // might have, so then only idempotent requests are repeated.
         let replayable = up.reused && body_rest == 0 && !retried;
         if up.stream.write_all(&upstream_head).await.is_err() {
             if replayable {
@@ -447,7 +460,7 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
         };
         match head {
             Ok(Ok(resp)) => break (up, resp),
-            Ok(Err(RespError::ClosedEarly)) if replayable => {
+            Ok(Err(RespError::ClosedEarly)) if replayable && idempotent => {
                 retried = true;
                 continue;
             }
