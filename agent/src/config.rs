@@ -113,7 +113,8 @@ pub struct Timeouts {
     pub connect_ms: u64,
     /// From request sent to upstream response headers; over it → 504.
     pub response_headers_ms: u64,
-    /// Longest silence inside a streaming response body before it is cut.
+    /// Longest silence inside a streaming response body before it is cut (on the HTTP/1.1
+    /// fast path, inside a request body too).
     pub body_idle_ms: u64,
 }
 
