@@ -30,11 +30,12 @@ open(f"{d}/quotas.yaml", "w").write("plans:\n  free:\n    requests_per_minute: 1
 PY
 REDIS_PORT=18379
 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
-common="access_log:\n  stdout: false\n  file: $TMP/access.log\n"
+# Each agent writes its own access log (one shared file would be rotated by three writers).
+common() { printf "access_log:\n  stdout: false\n  file: $TMP/$1-access.log\n"; }
 ident="identity:\n  provider: jwt\n  jwt:\n    jwks_file: $TMP/jwks.json\nquotas:\n  policy_file: $TMP/quotas.yaml\n"
-printf "$common" > "$TMP/off.yaml"
-printf "$common$ident" > "$TMP/memory.yaml"
-printf "$common$ident  backend: redis\n  redis_url: redis://127.0.0.1:$REDIS_PORT/\n" > "$TMP/redis.yaml"
+common off > "$TMP/off.yaml"
+{ common memory; printf "$ident"; } > "$TMP/memory.yaml"
+{ common redis; printf "$ident  backend: redis\n  redis_url: redis://127.0.0.1:$REDIS_PORT/\n"; } > "$TMP/redis.yaml"
 declare -A PORT=([off]=18184 [memory]=18185 [redis]=18186)
 for t in off memory redis; do
   TOKIO_WORKER_THREADS=$WORKERS target/release/minirag-agent run --config "$TMP/$t.yaml" --listen 127.0.0.1:${PORT[$t]} \
@@ -53,6 +54,7 @@ for r in $(seq 1 "$ROUNDS"); do
   declare -A THIS=()
   # Rotate the order each round so no target always runs first (or last) on a noisy box.
   for t in ${ORDERS[$(( (r - 1) % 3 ))]}; do
+    sleep 1   # let the previous target's connections and log flush settle
     rps=$(wrk -t1 -c"$WRK_CONNS" -d"$WRK_DURATION" -H "$AUTH" http://127.0.0.1:${PORT[$t]}/ | awk '/Requests\/sec/ {print $2}')
     THIS[$t]=$rps; RPS[$t]="${RPS[$t]:-} $rps"; echo "round $r $t: $rps req/s"
   done
