@@ -224,13 +224,18 @@ fn parse_request(buf: &mut BytesMut, max_headers: usize) -> Parse {
     }
     // Offsets into the head, so names and values can share its bytes after the split.
     let base = buf.as_ptr() as usize;
-    let target_at = (target.as_ptr() as usize - base, target.len());
+    let Some(target_at) = offset(base, target.as_bytes()) else {
+        return Parse::Handoff;
+    };
     let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parse::Handoff;
         };
-        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+        let Some((at, len)) = offset(base, h.value) else {
+            return Parse::Handoff;
+        };
+        fields.push((name, at, len));
     }
     let head = buf.split_to(head_len).freeze();
     match build_request(&head, method, target_at, fields) {
@@ -252,11 +257,10 @@ fn build_request(
     target_at: (usize, usize),
     fields: Vec<(HeaderName, usize, usize)>,
 ) -> Option<Parsed> {
-    let target =
-        PathAndQuery::from_maybe_shared(head.slice(target_at.0..target_at.0 + target_at.1)).ok()?;
+    let target = PathAndQuery::from_maybe_shared(head.slice(within(head, target_at)?)).ok()?;
     let mut headers = HeaderMap::with_capacity(fields.len() + 6);
     for (name, at, len) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(within(head, (at, len))?)).ok()?;
         headers.append(name, value);
     }
     // Request bodies other than a single plain length, and protocol switches, are hyper's.
@@ -280,6 +284,19 @@ fn build_request(
         content_length,
         keep_alive,
     })
+}
+
+/// Where `part` (a slice the parser returned) sits in the buffer starting at `base`.
+fn offset(base: usize, part: &[u8]) -> Option<(usize, usize)> {
+    (part.as_ptr() as usize)
+        .checked_sub(base)
+        .map(|at| (at, part.len()))
+}
+
+/// The range `(at, len)` if it lies within `head`.
+fn within(head: &Bytes, (at, len): (usize, usize)) -> Option<std::ops::Range<usize>> {
+    let end = at.checked_add(len)?;
+    (end <= head.len()).then_some(at..end)
 }
 
 /// Digits only: `str::parse` would also take a sign.
@@ -723,11 +740,13 @@ struct Field {
 
 impl Field {
     fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
-        &head[self.name.0..self.name.0 + self.name.1]
+        head.get(self.name.0..self.name.0 + self.name.1)
+            .unwrap_or_default()
     }
 
     fn value<'a>(&self, head: &'a [u8]) -> &'a [u8] {
-        &head[self.value.0..self.value.0 + self.value.1]
+        head.get(self.value.0..self.value.0 + self.value.1)
+            .unwrap_or_default()
     }
 }
 
@@ -878,8 +897,8 @@ fn parse_response(
         }
         hop.push(is_hop);
         fields.push(Field {
-            name: (h.name.as_ptr() as usize - base, h.name.len()),
-            value: (h.value.as_ptr() as usize - base, h.value.len()),
+            name: offset(base, h.name.as_bytes()).ok_or(RespError::Broken)?,
+            value: offset(base, h.value).ok_or(RespError::Broken)?,
         });
     }
     // RFC 9112 §6.3, in order.
@@ -1058,6 +1077,22 @@ mod tests {
         assert!(p.keep_alive);
         assert_eq!(p.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&rest[..], b"body");
+        // Empty values are values too (and must not confuse the offsets).
+        let (p, _) = parse("GET / HTTP/1.1\r\nX-Empty:\r\nX-Blank:   \r\nHost: a\r\n\r\n");
+        let Parse::Complete(p) = p else {
+            panic!("complete")
+        };
+        assert_eq!(p.headers["x-empty"], "");
+        assert_eq!(p.headers["x-blank"], "");
+        assert_eq!(p.headers["host"], "a");
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n"[..]);
+        let Ok(Some(Some(h))) = parse_response(&mut buf, false) else {
+            panic!("response")
+        };
+        assert_eq!(h.fields.len(), 2);
+        assert_eq!(h.fields[0].name(&h.head), b"X-Empty");
+        assert_eq!(h.fields[0].value(&h.head), b"");
         let (p, _) = parse("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
         let Parse::Complete(p) = p else {
             panic!("complete")
