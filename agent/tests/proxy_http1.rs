@@ -136,6 +136,24 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
 
 const BIG: usize = 3 * 1024 * 1024 + 7;
 
+/// The access lines once one for each of `paths` has been written (the log is flushed
+/// about every second; a loaded machine may take longer).
+async fn access_lines_for(agent: &Agent, paths: &[&str]) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let lines = agent.access_lines();
+        let all = paths.iter().all(|p| {
+            lines
+                .iter()
+                .any(|l| l["event"] == "http.access" && l["path"] == *p)
+        });
+        if all || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn every_response_framing_passes_through_and_connections_are_reused() {
     let up = raw_upstream(|head, _| {
@@ -224,8 +242,11 @@ async fn every_response_framing_passes_through_and_connections_are_reused() {
         "/after"
     );
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let lines = agent.access_lines();
+    let lines = access_lines_for(
+        &agent,
+        &["/chunked", "/big", "/close", "/nocontent", "/early"],
+    )
+    .await;
     let line = |path: &str| -> Value {
         lines
             .iter()
@@ -336,9 +357,8 @@ async fn large_uploads_stream_and_dropped_pooled_connections_are_retried() {
         r.text().await.unwrap(),
         format!("/api/v1/ingest/files {} {expected}", upload.len())
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let line = agent
-        .access_lines()
+    let line = access_lines_for(&agent, &["/api/v1/ingest/files"])
+        .await
         .into_iter()
         .find(|l| l["path"] == "/api/v1/ingest/files")
         .expect("access line");
@@ -387,8 +407,7 @@ async fn broken_upstreams_and_refused_uploads_get_json_answers() {
     // And the agent is fine afterwards.
     assert_eq!(c.get(agent.url("/ok")).send().await.unwrap().status(), 200);
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let lines = agent.access_lines();
+    let lines = access_lines_for(&agent, &["/short"]).await;
     let short = lines
         .iter()
         .find(|l| l["path"] == "/short")

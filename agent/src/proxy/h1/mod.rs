@@ -59,11 +59,12 @@ pub async fn serve(
     stream: TcpStream,
     info: ConnInfo,
     proxy: Arc<Proxy>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
     let mut c = Client {
         stream,
+        stop,
         identity: None,
         added: Vec::with_capacity(12),
         buf: BytesMut::with_capacity(8 * 1024),
@@ -80,23 +81,22 @@ pub async fn serve(
                 l.max_header_bytes.max(1024),
             )
         };
-        let req =
-            match read_head(&mut c, head_timeout, max_headers, max_head_bytes, &mut stop).await {
-                Head::Request(r) => r,
-                Head::Closed => return,
-                Head::TooLarge(what) => {
-                    let _ = head_refusal(&mut c, what).await;
-                    linger_close(&mut c.stream).await;
-                    return;
-                }
-                Head::Handoff(prefix) => {
-                    let io = Rewind::new(prefix, c.stream);
-                    super::server::serve_hyper(io, info, proxy, watcher).await;
-                    return;
-                }
-            };
+        let req = match read_head(&mut c, head_timeout, max_headers, max_head_bytes).await {
+            Head::Request(r) => r,
+            Head::Closed => return,
+            Head::TooLarge(what) => {
+                let _ = head_refusal(&mut c, what).await;
+                linger_close(&mut c.stream).await;
+                return;
+            }
+            Head::Handoff(prefix) => {
+                let io = Rewind::new(prefix, c.stream);
+                super::server::serve_hyper(io, info, proxy, watcher).await;
+                return;
+            }
+        };
         match exchange(&mut c, &proxy, req).await {
-            Next::KeepAlive if !*stop.borrow() => {}
+            Next::KeepAlive if !c.draining() => {}
             Next::KeepAlive | Next::Close => return,
             Next::Linger => {
                 linger_close(&mut c.stream).await;
@@ -108,6 +108,8 @@ pub async fn serve(
 
 struct Client {
     stream: TcpStream,
+    /// Turns true when the proxy starts draining.
+    stop: watch::Receiver<bool>,
     /// The key this connection last presented and its principal.
     identity: Option<crate::identity::Memo>,
     /// Scratch for the agent's response headers (`service::added_headers`).
@@ -117,6 +119,13 @@ struct Client {
     /// Scratch for heads written to either side.
     out: Vec<u8>,
     info: ConnInfo,
+}
+
+impl Client {
+    /// The proxy is draining: finish the current exchange, then close (and say so).
+    fn draining(&self) -> bool {
+        *self.stop.borrow()
+    }
 }
 
 enum Head {
@@ -155,7 +164,6 @@ async fn read_head(
     head_timeout: Duration,
     max_headers: usize,
     max_head_bytes: usize,
-    stop: &mut watch::Receiver<bool>,
 ) -> Head {
     let deadline = Instant::now() + head_timeout;
     loop {
@@ -175,12 +183,12 @@ async fn read_head(
         }
         let read = if c.buf.is_empty() {
             // Between requests a draining proxy closes the idle connection.
-            if *stop.borrow() {
+            if c.draining() {
                 return Head::Closed;
             }
             tokio::select! {
                 r = timeout_at(deadline, c.stream.read_buf(&mut c.buf)) => r,
-                _ = stop.changed() => return Head::Closed,
+                _ = c.stop.changed() => return Head::Closed,
             }
         } else {
             timeout_at(deadline, c.stream.read_buf(&mut c.buf)).await
@@ -515,7 +523,8 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
         keep_alive: upstream_keep_alive,
     } = resp;
     done.status = status.as_u16();
-    let client_keep = keep_alive && !matches!(framing, Framing::Close);
+    // A draining proxy tells the client this connection ends with this response.
+    let client_keep = keep_alive && !matches!(framing, Framing::Close) && !c.draining();
     c.out.clear();
     write_status_line(&mut c.out, status);
     write_response_headers(c, &done, &dynamic, &head, &fields);
@@ -599,7 +608,7 @@ async fn answer_locally(
     let here = (pending.min(c.buf.len() as u64)) as usize;
     c.buf.advance(here);
     let unread = pending - here as u64;
-    let keep = keep_alive && unread == 0;
+    let keep = keep_alive && unread == 0 && !c.draining();
     c.out.clear();
     write_status_line(&mut c.out, parts.status);
     write_headers(&mut c.out, &parts.headers);
