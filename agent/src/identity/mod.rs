@@ -96,12 +96,11 @@ impl Identity {
         memo: &mut Option<Memo>,
         now: Instant,
     ) -> Outcome {
-        let key = match self {
+        if let Self::TrustedHeaders(t) = self {
             // Cheap already, and decided by the peer address as much as by headers.
-            Self::TrustedHeaders(t) => return t.resolve(headers, peer),
-            _ => presented_key(headers),
-        };
-        let Some(key) = key else {
+            return t.resolve(headers, peer);
+        }
+        let Some(key) = presented_key(headers) else {
             *memo = None;
             return Outcome::Unauthenticated;
         };
@@ -112,12 +111,12 @@ impl Identity {
             return Outcome::Principal(Arc::clone(&m.principal));
         }
         let (outcome, until) = match self {
-            Self::TrustedHeaders(_) => return Outcome::Unauthenticated,
             Self::Introspect(i) => i.resolve_key(key, client, upstream).await,
             Self::Jwt(v) => match v.verify_cached_until(key) {
                 Some((p, until)) => (Outcome::Principal(p), Some(until)),
                 None => (Outcome::Unauthenticated, None),
             },
+            Self::TrustedHeaders(t) => (t.resolve(headers, peer), None),
         };
         *memo = match (&outcome, until) {
             (Outcome::Principal(p), Some(until)) => Some(Memo {

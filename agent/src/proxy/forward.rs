@@ -57,10 +57,50 @@ pub fn client(connect_timeout: Duration) -> UpstreamClient {
         .build(connector)
 }
 
-/// How a failed upstream call is reported (status, error code, metric label).
-pub fn classify_error(
-    e: &hyper_util::client::legacy::Error,
-) -> (http::StatusCode, &'static str, &'static str) {
+/// How a failed upstream call is answered (status, error code, message) and counted (the
+/// `kind` label of the upstream-error metric). Both HTTP stacks use these.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamFailure {
+    pub status: http::StatusCode,
+    pub code: &'static str,
+    pub message: &'static str,
+    pub kind: &'static str,
+}
+
+impl UpstreamFailure {
+    /// As the `(status, code, message)` the request path answers with.
+    pub fn refusal(self) -> (http::StatusCode, &'static str, &'static str) {
+        (self.status, self.code, self.message)
+    }
+}
+
+pub const CONNECT_TIMEOUT: UpstreamFailure = UpstreamFailure {
+    status: http::StatusCode::GATEWAY_TIMEOUT,
+    code: "upstream_connect_timeout",
+    message: "the upstream did not accept the connection in time",
+    kind: "connect_timeout",
+};
+pub const CONNECT_REFUSED: UpstreamFailure = UpstreamFailure {
+    status: http::StatusCode::BAD_GATEWAY,
+    code: "upstream_unavailable",
+    message: "the upstream refused the connection or is down",
+    kind: "connect",
+};
+pub const BROKEN: UpstreamFailure = UpstreamFailure {
+    status: http::StatusCode::BAD_GATEWAY,
+    code: "upstream_error",
+    message: "the upstream connection failed",
+    kind: "protocol",
+};
+pub const RESPONSE_TIMEOUT: UpstreamFailure = UpstreamFailure {
+    status: http::StatusCode::GATEWAY_TIMEOUT,
+    code: "upstream_timeout",
+    message: "the upstream did not answer in time",
+    kind: "response_timeout",
+};
+
+/// Which of the failures above a hyper client error is.
+pub fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     if e.is_connect() {
         // The connector reports its connect timeout as an io::Error of kind TimedOut.
         let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -68,19 +108,11 @@ pub fn classify_error(
             if s.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
             {
-                return (
-                    http::StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_connect_timeout",
-                    "connect_timeout",
-                );
+                return CONNECT_TIMEOUT;
             }
             source = s.source();
         }
-        return (
-            http::StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
-            "connect",
-        );
+        return CONNECT_REFUSED;
     }
-    (http::StatusCode::BAD_GATEWAY, "upstream_error", "protocol")
+    BROKEN
 }

@@ -21,6 +21,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const CLIENT_FORBIDDEN: [HeaderName; 1] = [HeaderName::from_static("x-internal-token")];
 const CLIENT_FORBIDDEN_PREFIX: &str = "x-minirag-";
 
+/// Whether a raw field name is hop-by-hop (for heads handled as bytes).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.get(header::UPGRADE).is_some()
         && h.get_all(header::CONNECTION)

@@ -798,13 +798,10 @@ async fn forward_request(
     };
     let mut resp = match result {
         Err(_) => {
-            count("response_timeout");
-            done.upstream_error = Some("response_timeout");
-            return Err((
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            ));
+            let f = forward::RESPONSE_TIMEOUT;
+            count(f.kind);
+            done.upstream_error = Some(f.kind);
+            return Err(f.refusal());
         }
         Ok(Err(e)) => {
             if is_body_limit(&e) {
@@ -814,17 +811,10 @@ async fn forward_request(
                     "request body is larger than the proxy allows",
                 ));
             }
-            let (status, code, kind) = forward::classify_error(&e);
-            count(kind);
-            done.upstream_error = Some(kind);
-            let message = if status == StatusCode::GATEWAY_TIMEOUT {
-                "the upstream did not accept the connection in time"
-            } else if kind == "connect" {
-                "the upstream refused the connection or is down"
-            } else {
-                "the upstream connection failed"
-            };
-            return Err((status, code, message));
+            let f = forward::classify_error(&e);
+            count(f.kind);
+            done.upstream_error = Some(f.kind);
+            return Err(f.refusal());
         }
         Ok(Ok(r)) => r,
     };

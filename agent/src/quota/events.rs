@@ -18,6 +18,30 @@ struct State {
     last_gauge: Option<Instant>,
 }
 
+impl State {
+    fn cross(&mut self, ratio: f64, threshold: f64) -> bool {
+        if !self.above && ratio >= threshold {
+            self.above = true;
+            true
+        } else {
+            if self.above && ratio < threshold * 0.8 {
+                self.above = false;
+            }
+            false
+        }
+    }
+
+    fn gauge_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_gauge
+            .is_none_or(|t| now.duration_since(t) >= GAUGE_EVERY);
+        if due {
+            self.last_gauge = Some(now);
+        }
+        due
+    }
+}
+
 pub struct QuotaEvents {
     /// workspace → metric → state; nested so lookups by `&str` do not allocate.
     state: Mutex<crate::FastMap<String, crate::FastMap<&'static str, State>>>,
@@ -53,22 +77,12 @@ impl QuotaEvents {
 
     /// True when this request took usage across the threshold from below.
     pub fn crossed(&self, ws: &str, metric: &'static str, ratio: f64, threshold: f64) -> bool {
-        self.with(ws, metric, |s| {
-            if !s.above && ratio >= threshold {
-                s.above = true;
-                true
-            } else {
-                if s.above && ratio < threshold * 0.8 {
-                    s.above = false;
-                }
-                false
-            }
-        })
+        self.with(ws, metric, |s| s.cross(ratio, threshold))
     }
 
     /// One allowed request's bookkeeping under a single lookup: whether the usage gauges
-    /// are due for a refresh ([`Self::gauge_due`]) and whether usage just crossed the
-    /// threshold ([`Self::crossed`]).
+    /// are due for a refresh (at most every `GAUGE_EVERY`) and whether usage just crossed
+    /// the threshold ([`Self::crossed`]).
     pub fn observe(
         &self,
         ws: &str,
@@ -78,36 +92,7 @@ impl QuotaEvents {
         now: Instant,
     ) -> (bool, bool) {
         self.with(ws, metric, |s| {
-            let gauge = s
-                .last_gauge
-                .is_none_or(|t| now.duration_since(t) >= GAUGE_EVERY);
-            if gauge {
-                s.last_gauge = Some(now);
-            }
-            let crossed = if !s.above && ratio >= threshold {
-                s.above = true;
-                true
-            } else {
-                if s.above && ratio < threshold * 0.8 {
-                    s.above = false;
-                }
-                false
-            };
-            (gauge, crossed)
-        })
-    }
-
-    /// True when the usage gauges of this workspace and metric are due for a refresh.
-    pub fn gauge_due(&self, ws: &str, metric: &'static str, now: Instant) -> bool {
-        self.with(ws, metric, |s| {
-            if s.last_gauge
-                .is_none_or(|t| now.duration_since(t) >= GAUGE_EVERY)
-            {
-                s.last_gauge = Some(now);
-                true
-            } else {
-                false
-            }
+            (s.gauge_due(now), s.cross(ratio, threshold))
         })
     }
 
@@ -137,6 +122,21 @@ mod tests {
             .map(|r| e.crossed("w", "m", *r, 0.9))
             .collect();
         assert_eq!(fired, vec![false, true, false, false, false, false, true]);
+    }
+
+    #[test]
+    fn observe_throttles_gauges_and_reports_crossings() {
+        let e = QuotaEvents::new(10);
+        let t = Instant::now();
+        assert_eq!(e.observe("w", "m", 0.5, 0.9, t), (true, false));
+        assert_eq!(
+            e.observe("w", "m", 0.95, 0.9, t + Duration::from_millis(10)),
+            (false, true)
+        );
+        assert_eq!(
+            e.observe("w", "m", 0.96, 0.9, t + GAUGE_EVERY),
+            (true, false)
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ use self::pool::UpstreamConn;
 pub use self::rewind::Rewind;
 use super::body::BodyEnd;
 use super::errors::json_error;
+use super::forward::{self, UpstreamFailure};
+use super::headers;
 use super::service::{
     Added, Begun, Completion, ConnInfo, Dynamic, Proxy, Refusal, RequestFacts, added_headers,
     begin, refusal_response, response_headers, upstream_headers,
@@ -410,28 +412,12 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
             None => match UpstreamConn::connect(&authority, connect_timeout).await {
                 Ok(up) => up,
                 Err(e) => {
-                    let (r, kind) = if e.kind() == std::io::ErrorKind::TimedOut {
-                        (
-                            (
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "upstream_connect_timeout",
-                                "the upstream did not accept the connection in time",
-                            ),
-                            "connect_timeout",
-                        )
-                    } else {
-                        (
-                            (
-                                StatusCode::BAD_GATEWAY,
-                                "upstream_unavailable",
-                                "the upstream refused the connection or is down",
-                            ),
-                            "connect",
-                        )
-                    };
                     let f = Failure {
-                        r,
-                        kind,
+                        what: if e.kind() == std::io::ErrorKind::TimedOut {
+                            forward::CONNECT_TIMEOUT
+                        } else {
+                            forward::CONNECT_REFUSED
+                        },
                         pending: body_rest,
                     };
                     return upstream_failed(c, &dynamic, &mut done, f, keep_alive).await;
@@ -449,8 +435,7 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
                 continue;
             }
             let f = Failure {
-                r: UPSTREAM_BROKE,
-                kind: "protocol",
+                what: forward::BROKEN,
                 pending: body_rest,
             };
             return upstream_failed(c, &dynamic, &mut done, f, keep_alive).await;
@@ -465,8 +450,7 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
                 }
                 Err(BodyRelay::Upstream(pending)) => {
                     let f = Failure {
-                        r: UPSTREAM_BROKE,
-                        kind: "protocol",
+                        what: forward::BROKEN,
                         pending,
                     };
                     return upstream_failed(c, &dynamic, &mut done, f, keep_alive).await;
@@ -491,21 +475,14 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
             }
             Ok(Err(_)) => {
                 let f = Failure {
-                    r: UPSTREAM_BROKE,
-                    kind: "protocol",
+                    what: forward::BROKEN,
                     pending: 0,
                 };
                 return upstream_failed(c, &dynamic, &mut done, f, keep_alive).await;
             }
             Err(_) => {
-                let r = (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "the upstream did not answer in time",
-                );
                 let f = Failure {
-                    r,
-                    kind: "response_timeout",
+                    what: forward::RESPONSE_TIMEOUT,
                     pending: 0,
                 };
                 return upstream_failed(c, &dynamic, &mut done, f, keep_alive).await;
@@ -554,17 +531,10 @@ async fn exchange(c: &mut Client, proxy: &Arc<Proxy>, mut req: Parsed) -> Next {
     }
 }
 
-const UPSTREAM_BROKE: Refusal = (
-    StatusCode::BAD_GATEWAY,
-    "upstream_error",
-    "the upstream connection failed",
-);
-
-/// A failed upstream call: the answer, the metric's kind, and how many request body
-/// bytes the client may still be sending.
+/// A failed upstream call, and how many request body bytes the client may still be
+/// sending.
 struct Failure {
-    r: Refusal,
-    kind: &'static str,
+    what: UpstreamFailure,
     pending: u64,
 }
 
@@ -579,16 +549,16 @@ async fn upstream_failed(
     if let Some(t) = done.upstream_started {
         done.upstream_ms = Some((t.elapsed().as_secs_f64() * 1e6).round() / 1e3);
     }
-    done.upstream_error = Some(f.kind);
+    done.upstream_error = Some(f.what.kind);
     done.proxy
         .metrics
         .upstream_errors
         .get_or_create(&UpstreamErrorLabels {
             class: done.class.as_str(),
-            kind: f.kind,
+            kind: f.what.kind,
         })
         .inc();
-    answer_locally(c, dynamic, done, f.r, keep_alive, f.pending).await
+    answer_locally(c, dynamic, done, f.what.refusal(), keep_alive, f.pending).await
 }
 
 /// The agent's own JSON answer. `pending` request body bytes are skipped if they are
@@ -759,19 +729,6 @@ impl Field {
     }
 }
 
-/// RFC 9110 §7.6.1, plus `upgrade` (a switch the fast path never asked for).
-const HOP_BY_HOP: [&[u8]; 9] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
-
 /// The upstream's forwarded fields, then the agent's own (`service::added_headers`):
 /// replacements drop the upstream's field of that name, defaults apply only where the
 /// upstream sent none.
@@ -878,7 +835,8 @@ fn parse_response(
     let mut named: Vec<Vec<u8>> = Vec::new();
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        let is_hop = HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name));
+        // `upgrade` too: the fast path never asked for a protocol switch.
+        let is_hop = headers::is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"upgrade");
         if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
