@@ -155,10 +155,11 @@ pub fn presented_key(h: &HeaderMap) -> Option<&str> {
     if let Some(v) = h.get(&X_API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(v.trim()).filter(|v| !v.is_empty());
     }
-    let auth = h.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.trim().split_once(' ')?;
+    let auth = h.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    // By position, not a char search: the scheme and its space are 7 ASCII bytes.
+    let (scheme, token) = (auth.get(..7)?, auth.get(7..)?);
     scheme
-        .eq_ignore_ascii_case("bearer")
+        .eq_ignore_ascii_case("bearer ")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
@@ -324,5 +325,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert!(presented_key(&h).is_none());
+        for (auth, key) in [
+            ("BEARER tok", Some("tok")),
+            ("bearer\ttok", None),
+            ("Bearertok", None),
+            ("Bearer ", None),
+            ("Bearer", None),
+            ("  Bearer tok  ", Some("tok")),
+        ] {
+            h.insert("authorization", auth.parse().unwrap());
+            assert_eq!(presented_key(&h), key, "{auth:?}");
+        }
     }
 }

@@ -30,7 +30,7 @@ use crate::metrics::{
 };
 use crate::quota::events::QuotaEvents;
 use crate::quota::limiter::Budget;
-use crate::quota::{Backend, Decision, Metric, Policy, Scope};
+use crate::quota::{Backend, Decision, MAX_BUDGETS, Metric, Policy, Scope};
 use crate::telemetry::RequestIds;
 use crate::telemetry::spans::{self, RequestSpan, UpstreamCall};
 
@@ -198,29 +198,74 @@ struct QuotaState {
 }
 
 impl QuotaState {
-    fn headers(&self, mut f: impl FnMut(HeaderName, HeaderValue)) {
-        use crate::access_log::write_integer as num;
-        let window = self.metric.window().as_secs();
-        // Built by hand: these go out on every response under a quota.
-        let mut policy = Vec::with_capacity(32);
-        num(&mut policy, self.limit);
-        policy.extend_from_slice(b";w=");
-        num(&mut policy, window);
-        let mut now = Vec::with_capacity(64);
-        now.extend_from_slice(b"limit=");
-        num(&mut now, self.limit);
-        now.extend_from_slice(b", remaining=");
-        num(&mut now, self.remaining);
-        now.extend_from_slice(b", reset=");
-        num(&mut now, self.reset_seconds);
-        for (name, v) in [(RATELIMIT_POLICY, policy), (RATELIMIT, now)] {
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
-                f(name, v);
+    /// RateLimit-Policy, RateLimit and (on refusals) Retry-After, written on the stack:
+    /// these go out on every response under a quota.
+    fn headers(&self, mut f: impl FnMut(&HeaderName, AddedValue<'_>)) {
+        let mut v = StackValue::new();
+        v.number(self.limit);
+        v.push(b";w=");
+        v.number(self.metric.window().as_secs());
+        f(&RATELIMIT_POLICY, AddedValue::Bytes(v.as_bytes()));
+        v.clear();
+        v.push(b"limit=");
+        v.number(self.limit);
+        v.push(b", remaining=");
+        v.number(self.remaining);
+        v.push(b", reset=");
+        v.number(self.reset_seconds);
+        f(&RATELIMIT, AddedValue::Bytes(v.as_bytes()));
+        if let Some(r) = self.retry_after_seconds {
+            v.clear();
+            v.number(r);
+            f(&header::RETRY_AFTER, AddedValue::Bytes(v.as_bytes()));
+        }
+    }
+}
+
+/// A header value built on the stack: ASCII text and decimal numbers only, so it is
+/// always a valid field value. Room for the longest RateLimit value (three u64s).
+struct StackValue {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl StackValue {
+    fn new() -> Self {
+        Self {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        // Callers write at most 86 bytes; anything past the end is cut, never a panic.
+        let end = (self.len + b.len()).min(self.buf.len());
+        let n = end - self.len;
+        self.buf[self.len..end].copy_from_slice(&b[..n]);
+        self.len = end;
+    }
+
+    fn number(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
             }
         }
-        if let Some(r) = self.retry_after_seconds {
-            f(header::RETRY_AFTER, HeaderValue::from(r));
-        }
+        self.push(&digits[i..]);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -604,35 +649,67 @@ pub(super) enum Added {
     IfAbsent,
 }
 
+/// The value of a header the agent adds: one from config (shared, cloned cheaply into a
+/// header map), or one written for this response (valid field-value bytes: ASCII digits
+/// and text, or a request id that passed `valid_request_id`).
+pub(super) enum AddedValue<'a> {
+    Shared(&'a HeaderValue),
+    Bytes(&'a [u8]),
+}
+
+impl AddedValue<'_> {
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Shared(v) => v.as_bytes(),
+            Self::Bytes(b) => b,
+        }
+    }
+
+    fn to_header_value(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Shared(v) => Some((*v).clone()),
+            Self::Bytes(b) => HeaderValue::from_bytes(b).ok(),
+        }
+    }
+}
+
 /// The headers the agent adds to every response it sends: RateLimit and the request id
 /// (replacing the upstream's) and the configured security headers (filling in what the
-/// upstream left out). Both HTTP stacks apply this one list.
+/// upstream left out). Both HTTP stacks apply this one list; the HTTP/1.1 fast path
+/// copies the bytes into its output without building header values.
 pub(super) fn added_headers(
     done: &Completion,
     dynamic: &Dynamic,
-    mut f: impl FnMut(Added, HeaderName, HeaderValue),
+    mut f: impl FnMut(Added, &HeaderName, AddedValue<'_>),
 ) {
     if let Some(q) = &done.quota {
         q.headers(|n, v| f(Added::Replace, n, v));
     }
-    if let Ok(v) = HeaderValue::from_str(&done.ids.request_id) {
-        f(Added::Replace, X_REQUEST_ID, v);
-    }
+    f(
+        Added::Replace,
+        &X_REQUEST_ID,
+        AddedValue::Bytes(done.ids.request_id.as_bytes()),
+    );
     dynamic
         .security
         .for_each(done.conn.tls, done.path.starts_with("/api/"), |n, v| {
-            f(Added::IfAbsent, n.clone(), v.clone())
+            f(Added::IfAbsent, n, AddedValue::Shared(v))
         });
 }
 
 /// [`added_headers`] applied to a header map.
 pub(super) fn response_headers(done: &Completion, dynamic: &Dynamic, h: &mut http::HeaderMap) {
-    added_headers(done, dynamic, |mode, name, value| match mode {
-        Added::Replace => {
-            h.insert(name, value);
-        }
-        Added::IfAbsent => {
-            h.entry(name).or_insert(value);
+    added_headers(done, dynamic, |mode, name, value| {
+        let Some(value) = value.to_header_value() else {
+            return;
+        };
+        match mode {
+            Added::Replace => {
+                h.insert(name.clone(), value);
+            }
+            Added::IfAbsent => {
+                h.entry(name.clone()).or_insert(value);
+            }
         }
     });
 }
@@ -975,7 +1052,12 @@ async fn admit(
     }
     // Byte budgets spend the declared body size; without one it cannot be checked first.
     let declared_bytes = declared_length(req.headers);
-    let mut budgets: Vec<Budget> = Vec::with_capacity(8);
+    // Organization totals are keyed apart from workspace ids; built once, only if used.
+    let org_key = limits
+        .has_organization_totals()
+        .then(|| format!("org:{org}"));
+    // On the stack: this runs for every request under a quota.
+    let mut budgets: smallvec::SmallVec<[Budget; MAX_BUDGETS]> = smallvec::SmallVec::new();
     for m in Metric::for_class(done.class) {
         let ws_limit = limits.limit(*m);
         let org_limit = limits.organization_total(*m);
@@ -1002,9 +1084,9 @@ async fn admit(
                 cost,
             });
         }
-        if let Some(limit) = org_limit {
+        if let (Some(limit), Some(key)) = (org_limit, org_key.as_deref()) {
             budgets.push(Budget {
-                key: Cow::Owned(format!("org:{org}")),
+                key: Cow::Borrowed(key),
                 scope: Scope::Organization,
                 metric: *m,
                 limit,
@@ -1112,6 +1194,59 @@ fn log_exceeded(proxy: &Proxy, ws: &str, metric: &'static str, limit: u64) {
             "quota.exceeded",
             "workspace quota exceeded (logged at most every 10 s per workspace and metric)",
             serde_json::json!({"workspace_id": ws, "metric": metric, "quota_context": {"limit": limit}}),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(q: &QuotaState) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        q.headers(|n, v| {
+            out.push((
+                n.as_str().to_owned(),
+                String::from_utf8(v.as_bytes().to_vec()).unwrap(),
+            ))
+        });
+        out
+    }
+
+    #[test]
+    fn ratelimit_headers_fit_the_largest_numbers() {
+        let q = QuotaState {
+            metric: Metric::RequestsPerDay,
+            limit: u64::MAX,
+            remaining: u64::MAX,
+            reset_seconds: u64::MAX,
+            retry_after_seconds: Some(u64::MAX),
+        };
+        let m = u64::MAX;
+        assert_eq!(
+            written(&q),
+            [
+                ("ratelimit-policy".into(), format!("{m};w=86400")),
+                (
+                    "ratelimit".into(),
+                    format!("limit={m}, remaining={m}, reset={m}")
+                ),
+                ("retry-after".into(), m.to_string()),
+            ]
+        );
+        let q = QuotaState {
+            metric: Metric::RequestsPerMinute,
+            limit: 5,
+            remaining: 0,
+            reset_seconds: 12,
+            retry_after_seconds: None,
+        };
+        assert_eq!(
+            written(&q),
+            [
+                ("ratelimit-policy".into(), "5;w=60".into()),
+                ("ratelimit".into(), "limit=5, remaining=0, reset=12".into()),
+            ]
         );
     }
 }

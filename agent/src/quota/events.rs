@@ -42,9 +42,26 @@ impl State {
     }
 }
 
+#[derive(Default)]
+struct PerWorkspace(smallvec::SmallVec<[(&'static str, State); 2]>);
+
+impl PerWorkspace {
+    fn state(&mut self, metric: &'static str) -> &mut State {
+        let i = match self.0.iter().position(|(m, _)| *m == metric) {
+            Some(i) => i,
+            None => {
+                self.0.push((metric, State::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
 pub struct QuotaEvents {
-    /// workspace → metric → state; nested so lookups by `&str` do not allocate.
-    state: Mutex<crate::FastMap<String, crate::FastMap<&'static str, State>>>,
+    /// workspace → (metric, state); keyed by workspace alone so lookups by `&str` do not
+    /// allocate. A workspace has a few metrics at most: a short list beats a second map.
+    state: Mutex<crate::FastMap<String, PerWorkspace>>,
     max: usize,
 }
 
@@ -62,17 +79,13 @@ impl QuotaEvents {
             Err(p) => p.into_inner(),
         };
         if let Some(per_ws) = map.get_mut(ws) {
-            return f(per_ws.entry(metric).or_default());
+            return f(per_ws.state(metric));
         }
         if map.len() >= self.max {
             // Bounded: forgetting state only risks one repeated event.
             map.clear();
         }
-        f(map
-            .entry(ws.to_string())
-            .or_default()
-            .entry(metric)
-            .or_default())
+        f(map.entry(ws.to_string()).or_default().state(metric))
     }
 
     /// True when this request took usage across the threshold from below.

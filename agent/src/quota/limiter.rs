@@ -39,7 +39,7 @@ pub struct Budget<'a> {
 }
 
 /// At most one budget per metric and scope.
-const MAX_BUDGETS: usize = 2 * Metric::COUNT;
+pub const MAX_BUDGETS: usize = 2 * Metric::COUNT;
 
 #[derive(Debug, Clone)]
 pub enum Decision<'a> {
@@ -59,9 +59,14 @@ pub struct Limiter {
     start: Instant,
     /// budget key → TAT per metric (nanoseconds since `start`; 0 = untouched). Keyed by
     /// the owner alone so the hot path looks up by `&str` without allocating.
-    tat: Mutex<crate::FastMap<String, [u128; Metric::COUNT]>>,
+    tat: Mutex<crate::FastMap<String, Tats>>,
     max_workspaces: usize,
 }
+
+type Tats = [u64; Metric::COUNT];
+
+/// The owners one request can spend from: its workspace and its organization.
+const MAX_OWNERS: usize = 2;
 
 impl Limiter {
     pub fn new(max_budgets: usize) -> Self {
@@ -77,39 +82,62 @@ impl Limiter {
     }
 
     pub fn check_at<'a>(&self, budgets: &[Budget<'a>], now: Instant) -> Decision<'a> {
-        let now = now.saturating_duration_since(self.start).as_nanos();
+        // u64 nanoseconds last 584 years; 128-bit division is a library call per request.
+        let now = u64::try_from(now.saturating_duration_since(self.start).as_nanos())
+            .unwrap_or(u64::MAX / 2);
         let mut map = match self.tat.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut next: [Option<(usize, u128)>; MAX_BUDGETS] = [None; MAX_BUDGETS];
+        // Each owner is looked up once: its TATs are copied, advanced on the copy, and
+        // written back only when every budget of the request allows it.
+        let mut owners: [Option<(&str, Tats, bool)>; MAX_OWNERS] = [None; MAX_OWNERS];
         let mut tightest: Option<(Budget<'a>, u64, u64)> = None;
-        for (slot, b) in budgets.iter().enumerate().take(MAX_BUDGETS) {
-            let window = b.metric.window().as_nanos();
-            let interval = (window / u128::from(b.limit.max(1))).max(1);
-            let stored = map.get(b.key.as_ref()).map_or(0, |t| t[b.metric.index()]);
-            let new_tat = stored.max(now) + interval * u128::from(b.cost.max(1));
+        for b in budgets.iter().take(MAX_BUDGETS) {
+            let key = b.key.as_ref();
+            let slot = match owners.iter().position(|o| o.is_some_and(|o| o.0 == key)) {
+                Some(i) => i,
+                None => match owners.iter().position(Option::is_none) {
+                    Some(i) => {
+                        let stored = map.get(key);
+                        owners[i] =
+                            Some((key, stored.copied().unwrap_or_default(), stored.is_some()));
+                        i
+                    }
+                    // More owners than a request can have: not counted, like a full table.
+                    None => continue,
+                },
+            };
+            let Some((_, tats, _)) = owners[slot].as_mut() else {
+                continue;
+            };
+            let window = window_nanos(b.metric);
+            let interval = (window / b.limit.max(1)).max(1);
+            let new_tat = tats[b.metric.index()]
+                .max(now)
+                .saturating_add(interval.saturating_mul(b.cost.max(1)));
             // Allowed while the new TAT stays within one window of now.
-            if new_tat > now + window {
-                let retry = new_tat - window - now;
+            let horizon = now + window;
+            if new_tat > horizon {
+                // A cost above the whole limit never fits: the hint is one window.
+                let retry = (new_tat - horizon).min(window);
                 return Decision::Refused {
                     budget: b.clone(),
-                    retry_after: Duration::from_nanos(retry as u64),
+                    retry_after: Duration::from_nanos(retry),
                 };
             }
-            let remaining = ((now + window - new_tat) / interval) as u64;
-            let reset = ((new_tat - now) as f64 / 1e9).ceil() as u64;
+            let remaining = (horizon - new_tat) / interval;
+            let reset = (new_tat - now).div_ceil(1_000_000_000);
             if tightest.as_ref().is_none_or(|t| remaining < t.1) {
                 tightest = Some((b.clone(), remaining, reset));
             }
-            next[slot] = Some((b.metric.index(), new_tat));
+            tats[b.metric.index()] = new_tat;
         }
-        for (slot, b) in budgets.iter().enumerate().take(MAX_BUDGETS) {
-            let Some((idx, tat)) = next[slot] else {
-                continue;
-            };
-            if let Some(entry) = map.get_mut(b.key.as_ref()) {
-                entry[idx] = tat;
+        for (key, tats, existed) in owners.into_iter().flatten() {
+            if existed {
+                if let Some(entry) = map.get_mut(key) {
+                    *entry = tats;
+                }
                 continue;
             }
             if map.len() >= self.max_workspaces {
@@ -120,12 +148,15 @@ impl Limiter {
                     continue;
                 }
             }
-            let mut entry = [0; Metric::COUNT];
-            entry[idx] = tat;
-            map.insert(b.key.to_string(), entry);
+            map.insert(key.to_owned(), tats);
         }
         Decision::Allowed { tightest }
     }
+}
+
+fn window_nanos(m: Metric) -> u64 {
+    // Windows are at most a day: far inside u64 nanoseconds.
+    u64::try_from(m.window().as_nanos()).unwrap_or(u64::MAX / 4)
 }
 
 #[cfg(test)]
@@ -231,6 +262,36 @@ mod tests {
             } => assert_eq!(remaining, 0),
             d => panic!("{d:?}"),
         }
+    }
+
+    #[test]
+    fn a_cost_above_the_whole_limit_is_refused_with_a_one_window_hint() {
+        let l = Limiter::new(100);
+        let t0 = Instant::now();
+        let b = |limit, cost| Budget {
+            key: "ws".into(),
+            scope: Scope::Workspace,
+            metric: Metric::IngestBytesPerDay,
+            limit,
+            cost,
+        };
+        // interval × cost overflows u64 here: saturates to a refusal, not a wrap.
+        for (limit, cost) in [(1, u64::MAX), (1000, 1001), (3, u64::MAX / 2)] {
+            match l.check_at(&[b(limit, cost)], t0) {
+                Decision::Refused { retry_after, .. } => {
+                    assert!(
+                        retry_after <= Duration::from_secs(86_400),
+                        "{retry_after:?}"
+                    )
+                }
+                d => panic!("{limit} {cost}: {d:?}"),
+            }
+        }
+        // Nothing was spent by those.
+        assert!(matches!(
+            l.check_at(&[b(1000, 1000)], t0),
+            Decision::Allowed { .. }
+        ));
     }
 
     #[test]

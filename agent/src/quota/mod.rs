@@ -11,7 +11,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
-pub use limiter::{Budget, Decision, Limiter, Scope};
+pub use limiter::{Budget, Decision, Limiter, MAX_BUDGETS, Scope};
 pub use policy::{Metric, Policy};
 
 use crate::config::{QuotaBackend, QuotasConfig};

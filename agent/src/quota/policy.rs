@@ -272,6 +272,14 @@ impl Resolved<'_> {
             .find_map(|l| l.organization.as_ref().and_then(|t| t.get(m)))
     }
 
+    /// Whether any organization-wide total applies (for any metric).
+    pub fn has_organization_totals(&self) -> bool {
+        [self.organization, self.plan]
+            .into_iter()
+            .flatten()
+            .any(|l| l.organization.is_some())
+    }
+
     pub fn concurrency(&self) -> Option<u64> {
         [self.workspace, self.organization, self.plan]
             .into_iter()

@@ -69,6 +69,7 @@ pub async fn serve(
         stop,
         identity: None,
         added: Vec::with_capacity(12),
+        added_bytes: Vec::with_capacity(512),
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(1024),
         info,
@@ -114,8 +115,10 @@ struct Client {
     stop: watch::Receiver<bool>,
     /// The key this connection last presented and its principal.
     identity: Option<crate::identity::Memo>,
-    /// Scratch for the agent's response headers (`service::added_headers`).
-    added: Vec<(Added, HeaderName, HeaderValue, bool)>,
+    /// Scratch for the agent's response headers (`service::added_headers`): which to add,
+    /// with their names and values copied into `added_bytes`.
+    added: Vec<AddedField>,
+    added_bytes: Vec<u8>,
     /// Bytes read from the client and not yet used (the next head, or body bytes).
     buf: BytesMut,
     /// Scratch for heads written to either side.
@@ -740,17 +743,28 @@ fn write_response_headers(
     fields: &[Field],
 ) {
     c.added.clear();
+    c.added_bytes.clear();
+    let (added, bytes) = (&mut c.added, &mut c.added_bytes);
     added_headers(done, dynamic, |mode, name, value| {
-        c.added.push((mode, name, value, false))
+        let start = bytes.len();
+        bytes.extend_from_slice(name.as_str().as_bytes());
+        let split = bytes.len();
+        bytes.extend_from_slice(value.as_bytes());
+        added.push(AddedField {
+            mode,
+            name: start..split,
+            value: split..bytes.len(),
+            upstream_has: false,
+        });
     });
     for f in fields {
         let name = f.name(head);
         let mut replaced = false;
-        for added in c.added.iter_mut() {
-            if added.1.as_str().as_bytes().eq_ignore_ascii_case(name) {
-                match added.0 {
+        for a in c.added.iter_mut() {
+            if c.added_bytes[a.name.clone()].eq_ignore_ascii_case(name) {
+                match a.mode {
                     Added::Replace => replaced = true,
-                    Added::IfAbsent => added.3 = true,
+                    Added::IfAbsent => a.upstream_has = true,
                 }
             }
         }
@@ -761,14 +775,24 @@ fn write_response_headers(
             c.out.extend_from_slice(b"\r\n");
         }
     }
-    for (mode, name, value, upstream_has) in &c.added {
-        if *mode == Added::Replace || !upstream_has {
-            c.out.extend_from_slice(name.as_str().as_bytes());
+    for a in &c.added {
+        if a.mode == Added::Replace || !a.upstream_has {
+            c.out.extend_from_slice(&c.added_bytes[a.name.clone()]);
             c.out.extend_from_slice(b": ");
-            c.out.extend_from_slice(value.as_bytes());
+            c.out.extend_from_slice(&c.added_bytes[a.value.clone()]);
             c.out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// One header from `service::added_headers`, its name and value as ranges of
+/// `Client::added_bytes`.
+struct AddedField {
+    mode: Added,
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    /// For `Added::IfAbsent`: the upstream sent its own.
+    upstream_has: bool,
 }
 
 #[derive(Debug)]
