@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BENCH=${BENCH:-../shared/bench}
-ROUNDS=${ROUNDS:-5}; WRK_CONNS=${WRK_CONNS:-50}; WRK_DURATION=${WRK_DURATION:-8s}; WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-8}; WRK_CONNS=${WRK_CONNS:-50}; WRK_DURATION=${WRK_DURATION:-6s}; WORKERS=${WORKERS:-1}
 TMP=$(mktemp -d /tmp/minirag-quota-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; "$BENCH/upstream.sh" stop >/dev/null 2>&1 || true; rm -rf "$TMP"; }
@@ -49,16 +49,19 @@ for t in off memory redis; do
   wrk -t1 -c"$WRK_CONNS" -d2s -H "$AUTH" http://127.0.0.1:${PORT[$t]}/ >/dev/null
 done
 declare -A RPS RATIO
-ORDERS=("off memory redis" "memory redis off" "redis off memory")
+# The off/memory pair always runs back to back (the target ratio compares them; drift on
+# a shared box between two distant runs is noise), alternating which goes first; redis
+# alternates between running before and after the pair.
+ORDERS=("off memory redis" "redis memory off" "memory off redis" "redis off memory")
 for r in $(seq 1 "$ROUNDS"); do
   declare -A THIS=()
-  # Rotate the order each round so no target always runs first (or last) on a noisy box.
-  for t in ${ORDERS[$(( (r - 1) % 3 ))]}; do
+  for t in ${ORDERS[$(( (r - 1) % 4 ))]}; do
     sleep 1   # let the previous target's connections and log flush settle
     rps=$(wrk -t1 -c"$WRK_CONNS" -d"$WRK_DURATION" -H "$AUTH" http://127.0.0.1:${PORT[$t]}/ | awk '/Requests\/sec/ {print $2}')
     THIS[$t]=$rps; RPS[$t]="${RPS[$t]:-} $rps"; echo "round $r $t: $rps req/s"
   done
   for t in off memory redis; do RATIO[$t]="${RATIO[$t]:-} $(echo "${THIS[$t]} / ${THIS[off]}" | bc -l)"; done
+  printf "round %s ratios: memory %.3f redis %.3f\n" "$r" "$(echo "${THIS[memory]} / ${THIS[off]}" | bc -l)" "$(echo "${THIS[redis]} / ${THIS[off]}" | bc -l)"
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf "\n%-8s %12s %22s\n" target rps_median "median paired ratio"

@@ -100,16 +100,16 @@ impl Identity {
             // Cheap already, and decided by the peer address as much as by headers.
             return t.resolve(headers, peer);
         }
+        if let Some(m) = memo.as_ref()
+            && now < m.until
+            && presents(headers, &m.key)
+        {
+            return Outcome::Principal(Arc::clone(&m.principal));
+        }
         let Some(key) = presented_key(headers) else {
             *memo = None;
             return Outcome::Unauthenticated;
         };
-        if let Some(m) = memo.as_ref()
-            && m.key == key
-            && now < m.until
-        {
-            return Outcome::Principal(Arc::clone(&m.principal));
-        }
         let (outcome, until) = match self {
             Self::Introspect(i) => i.resolve_key(key, client, upstream).await,
             Self::Jwt(v) => match v.verify_cached_until(key) {
@@ -148,10 +148,33 @@ pub struct Introspector {
     cache: Mutex<crate::FastMap<[u8; 32], Entry>>,
 }
 
+// A constant name: looking up by `&str` would parse the name on every request.
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
+/// Whether the request presents exactly `key` (a key [`presented_key`] returned before).
+/// Compares raw bytes, so the common keep-alive case skips `to_str`'s scan of a long
+/// token: bytes equal to a valid key are valid themselves.
+fn presents(h: &HeaderMap, key: &str) -> bool {
+    let raw = match h.get(&X_API_KEY) {
+        Some(v) => v.as_bytes().trim_ascii(),
+        None => match h.get(http::header::AUTHORIZATION) {
+            Some(v) => {
+                let auth = v.as_bytes().trim_ascii();
+                match auth.split_at_checked(7) {
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+                        token.trim_ascii()
+                    }
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+    };
+    raw == key.as_bytes()
+}
+
 /// The key a client presented: `Authorization: Bearer` or `X-API-Key`.
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
-    // A constant name: looking up by `&str` would parse the name on every request.
-    const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
     if let Some(v) = h.get(&X_API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(v.trim()).filter(|v| !v.is_empty());
     }
@@ -325,6 +348,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert!(presented_key(&h).is_none());
+        let mut with_x_api_key = h.clone();
+        with_x_api_key.insert("x-api-key", " tok ".parse().unwrap());
+        assert!(presents(&with_x_api_key, "tok"));
         for (auth, key) in [
             ("BEARER tok", Some("tok")),
             ("bearer\ttok", None),
@@ -335,6 +361,9 @@ mod tests {
         ] {
             h.insert("authorization", auth.parse().unwrap());
             assert_eq!(presented_key(&h), key, "{auth:?}");
+            // The memo's raw comparison agrees with the parse.
+            assert_eq!(presents(&h, "tok"), key == Some("tok"), "{auth:?}");
+            assert!(!presents(&h, "other"));
         }
     }
 }
