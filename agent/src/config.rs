@@ -425,6 +425,9 @@ pub struct QuotasConfig {
     pub redis_timeout_ms: u64,
     /// Prefix of the budget keys in Redis.
     pub redis_key_prefix: String,
+    /// Checks waiting for Redis (batched, one script call in flight). When full, a request
+    /// waits for room within its `2 × redis_timeout_ms`.
+    pub redis_max_pending: usize,
     pub on_backend_error: OnBackendError,
     /// Distinct `workspace_id` label values on quota metrics; beyond it, `other`.
     pub max_workspace_labels: usize,
@@ -440,6 +443,7 @@ impl Default for QuotasConfig {
             redis_url: None,
             redis_timeout_ms: 100,
             redis_key_prefix: "minirag:quota:".into(),
+            redis_max_pending: 4096,
             on_backend_error: OnBackendError::Allow,
             max_workspace_labels: 1000,
             max_tracked_budgets: 100_000,
