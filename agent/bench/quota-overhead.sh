@@ -12,7 +12,7 @@ BENCH=${BENCH:-../shared/bench}
 ROUNDS=${ROUNDS:-8}; WRK_CONNS=${WRK_CONNS:-50}; WRK_DURATION=${WRK_DURATION:-6s}; WORKERS=${WORKERS:-1}
 TMP=$(mktemp -d /tmp/minirag-quota-bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; "$BENCH/upstream.sh" stop >/dev/null 2>&1 || true; rm -rf "$TMP"; }
+cleanup() { for p in "${PIDS[@]}"; do { kill -9 "$p"; wait "$p"; } 2>/dev/null || true; done; "$BENCH/upstream.sh" stop >/dev/null 2>&1 || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 command -v wrk >/dev/null && command -v redis-server >/dev/null || { echo "needs wrk and redis-server (apt-get install wrk redis-server)"; exit 1; }
 cargo build --release -p minirag-agent >/dev/null

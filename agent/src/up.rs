@@ -187,14 +187,23 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
         internal_token: Some(token.clone()),
         ..Default::default()
     };
+    // Ctrl-C or SIGTERM reach rag-core too (same process group, or a supervisor signalling
+    // both): once seen, rag-core exiting is the stop, not a crash to restart.
+    let mut stop = StopSignals::new();
+    let mut stopping = false;
     let mut proxy = tokio::spawn(crate::run(source, None));
     let mut backoff = Duration::from_secs(1);
     let mut started = Instant::now();
     let result = loop {
         tokio::select! {
             r = &mut proxy => break r.map_err(|e| UpError::Run(crate::RunError::Config(e.to_string())))?.map_err(UpError::from),
-            status = child.wait() => {
+            () = stop.recv(), if !stopping => stopping = true,
+            status = child.wait(), if !stopping || !child_exited(&mut child) => {
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                if stopping {
+                    crate::log::info("up.rag_core_stopped", &format!("rag-core stopped ({status})"));
+                    continue;
+                }
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_secs(1);
                 }
@@ -216,4 +225,61 @@ pub async fn up(opts: UpOptions) -> Result<(), UpError> {
     };
     terminate(&mut child).await;
     result
+}
+
+/// Whether rag-core has already exited (its status was collected).
+fn child_exited(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
+/// SIGINT and SIGTERM as one stream; without signal support (not Unix, or the handler
+/// cannot be installed) it never fires and `up` behaves as before.
+struct StopSignals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match self.int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let term = async {
+                match self.term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = int => {}
+                () = term => {}
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    }
 }
