@@ -146,7 +146,12 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn integer(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
+}
+
+/// `n` in decimal, written into the end of `digits` (20 is room for any u64); the slice
+/// holding it. No formatting machinery: this runs several times per request.
+pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut i = digits.len();
     let mut n = n;
     loop {
@@ -157,7 +162,7 @@ fn integer(out: &mut Vec<u8>, n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    &digits[i..]
 }
 
 /// `SocketAddr`'s display form; IPv4 without the formatting machinery (the common case).

@@ -250,18 +250,7 @@ impl StackValue {
     }
 
     fn number(&mut self, n: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
+        self.push(crate::access_log::decimal(n, &mut [0; 20]));
     }
 
     fn as_bytes(&self) -> &[u8] {

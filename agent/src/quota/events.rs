@@ -88,14 +88,9 @@ impl QuotaEvents {
         f(map.entry(ws.to_string()).or_default().state(metric))
     }
 
-    /// True when this request took usage across the threshold from below.
-    pub fn crossed(&self, ws: &str, metric: &'static str, ratio: f64, threshold: f64) -> bool {
-        self.with(ws, metric, |s| s.cross(ratio, threshold))
-    }
-
     /// One allowed request's bookkeeping under a single lookup: whether the usage gauges
-    /// are due for a refresh (at most every `GAUGE_EVERY`) and whether usage just crossed
-    /// the threshold ([`Self::crossed`]).
+    /// are due for a refresh (at most every `GAUGE_EVERY`) and whether this request took
+    /// usage across the threshold from below.
     pub fn observe(
         &self,
         ws: &str,
@@ -132,7 +127,7 @@ mod tests {
         let e = QuotaEvents::new(10);
         let fired: Vec<bool> = [0.5, 0.91, 0.95, 0.99, 0.85, 0.7, 0.92]
             .iter()
-            .map(|r| e.crossed("w", "m", *r, 0.9))
+            .map(|r| e.observe("w", "m", *r, 0.9, Instant::now()).1)
             .collect();
         assert_eq!(fired, vec![false, true, false, false, false, false, true]);
     }
